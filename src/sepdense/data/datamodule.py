@@ -1,0 +1,159 @@
+"""CIFAR-10 as a LightningDataModule: whole splits in memory as uint8 tensors, augmented a batch at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from sepdense.data.augment import CIFAR10_MEAN, CIFAR10_STD, cutout, normalize, random_crop, random_horizontal_flip
+from sepdense.data.loader import InMemoryLoader, ShardedEpochSampler
+from sepdense.data.sources import ImageFolder, OfficialCIFAR10, SplitArrays, Synthetic
+from sepdense.errors import ConfigError, DataError
+
+Source = OfficialCIFAR10 | ImageFolder | Synthetic
+
+
+def stratified_split(labels: np.ndarray, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, val) with each class's share of ``val_size`` proportional to its size.
+
+    Shares are rounded by largest remainder so they add up to ``val_size`` exactly; within a class
+    the held-out images are a seeded random choice, so the split is the same on every run and rank.
+    """
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * val_size / len(labels)
+    quota = np.floor(exact).astype(int)
+    quota[np.argsort(-(exact - quota), kind="stable")[: val_size - quota.sum()]] += 1
+    val = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True)]
+    val_idx = np.sort(np.concatenate(val))
+    train_mask = np.ones(len(labels), dtype=bool)
+    train_mask[val_idx] = False
+    return np.flatnonzero(train_mask), val_idx
+
+
+class CIFAR10DataModule(pl.LightningDataModule):
+    """Train / validation (held out of the training set) / test (the official test set) for 32×32 images.
+
+    ``setup`` keeps each split as one uint8 tensor; the loaders move it to the training device
+    once and slice batches from it; ``on_after_batch_transfer`` crops, flips, normalises (and
+    optionally cuts out) the whole batch there. No worker processes are needed.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+        crop_padding: int = 4,
+        horizontal_flip: bool = True,
+        cutout: int = 0,
+        mean: tuple[float, ...] = CIFAR10_MEAN,
+        std: tuple[float, ...] = CIFAR10_STD,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
+        self.crop_padding, self.horizontal_flip, self.cutout = crop_padding, horizontal_flip, cutout
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        for key in ("batch_size", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"data.{key}={getattr(self, key)} must be a positive integer.")
+        if val_size < 0:
+            raise ConfigError(f"data.val_size={val_size} must be 0 or more.")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.source.class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        arrays = self.source.load()
+        _check_arrays(arrays, self.num_classes)
+        num_train = len(arrays.train_labels)
+        if self.val_size >= num_train:
+            raise ConfigError(
+                f"data.val_size={self.val_size} leaves no training images: the training set has {num_train}. "
+                f"Use a smaller data.val_size."
+            )
+        train_idx, val_idx = stratified_split(arrays.train_labels, self.val_size, self.split_seed)
+        as_tensors = lambda images, labels: (torch.from_numpy(images), torch.from_numpy(labels))  # noqa: E731
+        self.splits = {
+            "train": as_tensors(arrays.train_images[train_idx], arrays.train_labels[train_idx]),
+            "val": as_tensors(arrays.train_images[val_idx], arrays.train_labels[val_idx]),
+            "test": as_tensors(arrays.test_images, arrays.test_labels),
+        }
+        if len(train_idx) < self.batch_size:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is larger than the training split ({len(train_idx)} images), "
+                f"so an epoch would have no batch. Use a smaller data.batch_size."
+            )
+
+    def _loader(self, split: str, train: bool) -> InMemoryLoader:
+        if split not in self.splits:
+            self.setup()
+        images, labels = self.splits[split]
+        if len(labels) == 0:
+            raise ConfigError(f"The {split} split is empty; set data.val_size > 0 to validate.")
+        device, rank, world_size = torch.device("cpu"), 0, 1
+        if self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            rank, world_size = self.trainer.global_rank, self.trainer.world_size
+        sampler = ShardedEpochSampler(len(labels), train, self.shuffle_seed, rank, world_size, pad=train)
+        batch_size = self.batch_size if train else self.eval_batch_size
+        return InMemoryLoader(images.to(device), labels.to(device), batch_size, sampler, drop_last=train)
+
+    def train_dataloader(self) -> InMemoryLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> InMemoryLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> InMemoryLoader:
+        return self._loader("test", train=False)
+
+    def augment(self, images: Tensor) -> Tensor:
+        """Training-time augmentation of a uint8 batch, returned normalised (float32)."""
+        images = random_crop(images, self.crop_padding)
+        if self.horizontal_flip:
+            images = random_horizontal_flip(images)
+        return cutout(normalize(images, self.mean, self.std), self.cutout)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        images = self.augment(images) if training else normalize(images, self.mean, self.std)
+        return images, labels
+
+
+def _check_arrays(arrays: SplitArrays, num_classes: int) -> None:
+    """Fail loudly on data that would otherwise train silently on garbage."""
+    for split in ("train", "test"):
+        images, labels = getattr(arrays, f"{split}_images"), getattr(arrays, f"{split}_labels")
+        if len(labels) == 0:
+            raise DataError(f"The {split} split has no images. Check the data source's {split} folder or files.")
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise DataError(f"The {split} images are {images.dtype} {images.shape}, not uint8 (N, 3, H, W).")
+        if len(images) != len(labels):
+            raise DataError(f"The {split} split has {len(images)} images but {len(labels)} labels.")
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise DataError(
+                f"The {split} labels run from {labels.min()} to {labels.max()}, outside 0..{num_classes - 1} "
+                f"for {num_classes} classes."
+            )

@@ -1,0 +1,76 @@
+"""Batches sliced straight out of in-memory tensors, sharded across DDP ranks.
+
+A ``torch.utils.data.DataLoader`` would collate one image at a time; here a batch is one
+index operation on a tensor that already lives on the training device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+
+class ShardedEpochSampler:
+    """The index order of one epoch on one rank, reproducible from (seed, epoch).
+
+    All ranks draw the same permutation and take every ``world_size``-th index from their
+    rank on, so their shards are disjoint and together cover the epoch. For training,
+    ``pad=True`` repeats a few indices so every rank gets the same number of batches (as
+    ``DistributedSampler`` does); for evaluation ``pad=False`` keeps every image exactly once.
+    Lightning calls ``set_epoch`` at each epoch start, also after a resume.
+    """
+
+    def __init__(
+        self, num_samples: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True
+    ) -> None:
+        self.num_samples, self.shuffle, self.seed = num_samples, shuffle, seed
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.pad:
+            return math.ceil(self.num_samples / self.world_size)
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+    def indices(self) -> Tensor:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=generator)
+        else:
+            order = torch.arange(self.num_samples)
+        if self.pad and self.num_samples % self.world_size:
+            extra = self.world_size - self.num_samples % self.world_size
+            order = torch.cat([order, order[:extra]])
+        return order[self.rank :: self.world_size]
+
+
+class InMemoryLoader:
+    """Iterates (images, labels) batches of ``batch_size`` from tensors in the order of ``sampler``.
+
+    Like a DataLoader it exposes ``sampler`` (Lightning calls its ``set_epoch``) and
+    ``batch_sampler`` (None: batching is done here), the attributes Lightning inspects.
+    """
+
+    batch_sampler = None
+
+    def __init__(
+        self, images: Tensor, labels: Tensor, batch_size: int, sampler: ShardedEpochSampler, drop_last: bool
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size, self.sampler, self.drop_last = batch_size, sampler, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        indices = self.sampler.indices().to(self.images.device)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            batch = indices[start : start + self.batch_size]
+            yield self.images[batch], self.labels[batch]

@@ -1,0 +1,249 @@
+"""Where the images come from: the official CIFAR-10 batches, an image folder, or random synthetic data.
+
+Every source returns the same thing, ``SplitArrays``: uint8 images (N, 3, H, W) and int64 labels
+for the official train and test splits, so the data module never branches on the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sepdense.errors import DataError
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+OFFICIAL_FOLDER = "cifar-10-batches-py"
+OFFICIAL_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+OFFICIAL_TEST_FILES = ("test_batch",)
+
+
+@dataclass
+class SplitArrays:
+    """The official train and test splits as uint8 (N, C, H, W) images and int64 labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+class OfficialCIFAR10:
+    """The official ``cifar-10-python`` batches, downloaded through torchvision when missing."""
+
+    name = "cifar10"
+
+    def __init__(self, root: str, download: bool = True, class_names: Sequence[str] = CIFAR10_CLASSES) -> None:
+        self.root = Path(root)
+        self.download = download
+        self.class_names = tuple(class_names)
+
+    @property
+    def folder(self) -> Path:
+        return self.root / OFFICIAL_FOLDER
+
+    def prepare(self) -> None:
+        """Download and extract the archive if the batches are not there yet (runs once, on one process)."""
+        if all((self.folder / f).is_file() for f in OFFICIAL_TRAIN_FILES + OFFICIAL_TEST_FILES):
+            return
+        if not self.download:
+            raise DataError(
+                f"The CIFAR-10 batches are not in {self.folder}. Set data.source.download=true, or put "
+                f"cifar-10-python.tar.gz into {self.root} and extract it there."
+            )
+        from torchvision.datasets import CIFAR10
+
+        try:
+            CIFAR10(str(self.root), train=True, download=True)
+        except Exception as err:  # urllib, ssl and socket errors all mean "no way to get the archive"
+            raise DataError(
+                f"Could not download CIFAR-10 into {self.root} ({type(err).__name__}: {err}). Without internet, "
+                f"put cifar-10-python.tar.gz (from https://www.cs.toronto.edu/~kriz/cifar.html) into {self.root}, "
+                f"or train from a local image folder: python train.py data=imagefolder data.source.root=<dir with "
+                f"train/<class>/ and test/<class>/>."
+            ) from err
+
+    def load(self) -> SplitArrays:
+        train_images, train_labels = _read_official_batches(self.folder, OFFICIAL_TRAIN_FILES)
+        test_images, test_labels = _read_official_batches(self.folder, OFFICIAL_TEST_FILES)
+        return SplitArrays(train_images, train_labels, test_images, test_labels)
+
+
+def _read_official_batches(folder: Path, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read pickled batches in the official layout: {b'data': uint8 (N, 3072), b'labels': [N ints]}."""
+    images, labels = [], []
+    for name in names:
+        path = folder / name
+        if not path.is_file():
+            raise DataError(f"{path} is missing. Delete {folder} and run again to re-download CIFAR-10.")
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            batch_labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
+        except Exception as err:
+            raise DataError(
+                f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}). "
+                f"Delete {folder} and run again to re-download it."
+            ) from err
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(batch_labels) != len(data):
+            raise DataError(
+                f"{path} has data of shape {data.shape} and {len(batch_labels)} labels, not (N, 3072) and N. "
+                f"Delete {folder} and run again to re-download it."
+            )
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+class ImageFolder:
+    """``root/{train,test}/<class>/*.{png,jpg,jpeg}``, decoded once and cached as uint8 arrays.
+
+    Class indices follow ``class_names`` (not the alphabetical order of the folders), so the
+    labels mean the same as in the official data. The cache is keyed by the file list, sizes
+    and modification times: editing, adding or removing an image rebuilds it.
+    """
+
+    name = "imagefolder"
+
+    def __init__(
+        self,
+        root: str,
+        cache_dir: str | None = None,
+        class_names: Sequence[str] = CIFAR10_CLASSES,
+        image_size: int = 32,
+    ) -> None:
+        self.root = Path(root)
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".sepdense-cache"
+        self.class_names = tuple(class_names)
+        self.image_size = image_size
+
+    def prepare(self) -> None:
+        """Decode and cache both splits if no valid cache exists (runs once, on one process)."""
+        for split in ("train", "test"):
+            self._load_split(split)
+
+    def load(self) -> SplitArrays:
+        train_images, train_labels = self._load_split("train")
+        test_images, test_labels = self._load_split("test")
+        return SplitArrays(train_images, train_labels, test_images, test_labels)
+
+    def _list_files(self, split: str) -> list[tuple[Path, int]]:
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            raise DataError(
+                f"{split_dir} does not exist. An image folder needs {self.root}/train/<class>/ and "
+                f"{self.root}/test/<class>/ (classes: {', '.join(self.class_names)})."
+            )
+        found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        missing = [c for c in self.class_names if c not in found]
+        unknown = [c for c in found if c not in self.class_names]
+        if missing or unknown:
+            raise DataError(
+                f"{split_dir} has class folders {found}, but data.source.class_names is {list(self.class_names)}"
+                + (f" (missing: {missing})" if missing else "")
+                + (f" (not a listed class: {unknown})" if unknown else "")
+                + ". Make the folders match the class list."
+            )
+        files = []
+        for label, class_name in enumerate(self.class_names):
+            images = sorted(
+                p for p in (split_dir / class_name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+            )
+            if not images:
+                raise DataError(
+                    f"{split_dir / class_name} holds no images ({'/'.join(IMAGE_EXTENSIONS)}). "
+                    f"Every class needs at least one."
+                )
+            files.extend((p, label) for p in images)
+        return files
+
+    def _cache_path(self, split: str, files: list[tuple[Path, int]]) -> Path:
+        digest = hashlib.sha1(f"{self.root.resolve()}|{self.class_names}|{self.image_size}".encode())
+        for path, label in files:
+            stat = path.stat()
+            digest.update(f"{path.relative_to(self.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        return self.cache_dir / f"{split}-{digest.hexdigest()[:16]}.npz"
+
+    def _load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        files = self._list_files(split)
+        cache = self._cache_path(split, files)
+        if cache.is_file():
+            try:
+                with np.load(cache) as arrays:
+                    return arrays["images"], arrays["labels"]
+            except Exception:  # a half-written or damaged cache is rebuilt, never trusted
+                cache.unlink(missing_ok=True)
+        images = np.stack([self._decode(path) for path, _ in files])
+        labels = np.array([label for _, label in files], dtype=np.int64)
+        self._write_cache(cache, images, labels)
+        return images, labels
+
+    def _decode(self, path: Path) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as image:
+                image.load()
+                size, mode = image.size, image.mode
+                array = np.asarray(image)
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise DataError(f"{path} is not a readable image ({err}). Replace or delete it.") from err
+        if mode != "RGB":
+            raise DataError(f"{path} is a {mode} image; every image must be RGB. Convert or delete it.")
+        if size != (self.image_size, self.image_size):
+            raise DataError(
+                f"{path} is {size[0]}×{size[1]} pixels; every image must be {self.image_size}×{self.image_size} "
+                f"(data.source.image_size). Resize or delete it."
+            )
+        return array.transpose(2, 0, 1)
+
+    def _write_cache(self, cache: Path, images: np.ndarray, labels: np.ndarray) -> None:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+            np.savez(tmp, images=images, labels=labels)
+            os.replace(tmp, cache)  # atomic: a reader never sees a half-written cache
+        except OSError as err:
+            # A read-only data folder still trains; it just decodes again next time.
+            print(f"[sepdense] could not write the image cache {cache} ({err}); set data.source.cache_dir to cache.")
+
+
+class Synthetic:
+    """Random images with random labels: exercises the whole pipeline without any files."""
+
+    name = "synthetic"
+
+    def __init__(
+        self,
+        num_train: int = 2048,
+        num_test: int = 512,
+        num_classes: int = 10,
+        image_size: int = 32,
+        seed: int = 0,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        self.num_train, self.num_test, self.image_size, self.seed = num_train, num_test, image_size, seed
+        self.class_names = tuple(class_names) if class_names else tuple(f"class{i}" for i in range(num_classes))
+
+    def prepare(self) -> None:
+        """Nothing to download or decode."""
+
+    def load(self) -> SplitArrays:
+        rng = np.random.default_rng(self.seed)
+        shape = (3, self.image_size, self.image_size)
+        num_classes = len(self.class_names)
+        return SplitArrays(
+            rng.integers(0, 256, (self.num_train, *shape), dtype=np.uint8),
+            rng.integers(0, num_classes, self.num_train, dtype=np.int64),
+            rng.integers(0, 256, (self.num_test, *shape), dtype=np.uint8),
+            rng.integers(0, num_classes, self.num_test, dtype=np.int64),
+        )

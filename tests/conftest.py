@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny datasets written in each supported on-disk layout, and the composed Hydra config."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+SHARED_CIFAR10_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def random_images(n: int, seed: int = 0, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+
+
+def write_official_batches(root: Path, per_batch: int = 20, test: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Five training batches and a test batch in the official pickle layout; returns all training images/labels."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    images, labels = [], []
+    for i, (name, n) in enumerate([(f"data_batch_{j}", per_batch) for j in range(1, 6)] + [("test_batch", test)]):
+        batch_images = random_images(n, seed=10 + i)
+        batch_labels = rng.integers(0, 10, n).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": batch_images.reshape(n, -1), b"labels": batch_labels}, f)
+        if name != "test_batch":
+            images.append(batch_images)
+            labels.append(batch_labels)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def write_image_folder(root: Path, class_names: list[str], per_class: int = 4, size: int = 32) -> None:
+    """root/{train,test}/<class>/<i>.png, lossless, each image filled with a class-specific pattern."""
+    for split in ("train", "test"):
+        for label, name in enumerate(class_names):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = random_images(1, seed=label * 100 + i + (split == "test") * 50, size=size)[0]
+                Image.fromarray(pixels.transpose(1, 2, 0)).save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture
+def compose_train_cfg(tmp_path: Path):
+    """Compose the real training config with overrides, pointed at a temporary run directory."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=list(overrides))
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.data_dir = str(tmp_path / "data")
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

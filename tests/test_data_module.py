@@ -1,0 +1,129 @@
+"""Splits, in-memory loading, DDP sharding, batch-wise augmentation and normalisation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sepdense.data import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, Synthetic
+from sepdense.data.augment import cutout, normalize, random_crop, random_horizontal_flip
+from sepdense.data.datamodule import stratified_split
+from sepdense.data.loader import InMemoryLoader, ShardedEpochSampler
+
+
+def test_stratified_split_sizes_and_determinism() -> None:
+    labels = np.repeat(np.arange(10), [600, 400] * 5)  # unbalanced classes
+    train, val = stratified_split(labels, 500, seed=3)
+    assert len(val) == 500 and len(train) == len(labels) - 500
+    assert not set(train) & set(val) and set(train) | set(val) == set(range(len(labels)))
+    assert np.bincount(labels[val]).tolist() == [60, 40] * 5  # each class in proportion
+    again_train, again_val = stratified_split(labels, 500, seed=3)
+    np.testing.assert_array_equal(val, again_val)
+    np.testing.assert_array_equal(train, again_train)
+    assert not np.array_equal(val, stratified_split(labels, 500, seed=4)[1])
+
+
+def test_stratified_split_rounds_to_the_exact_size() -> None:
+    labels = np.repeat(np.arange(3), [7, 7, 7])
+    assert len(stratified_split(labels, 10, seed=0)[1]) == 10
+
+
+def test_datamodule_splits_from_config_sizes() -> None:
+    dm = CIFAR10DataModule(Synthetic(num_train=1000, num_test=300), val_size=100, batch_size=32)
+    dm.setup()
+    assert [len(dm.splits[s][1]) for s in ("train", "val", "test")] == [900, 100, 300]
+    assert dm.splits["train"][0].dtype == torch.uint8 and dm.splits["train"][0].shape[1:] == (3, 32, 32)
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == 900 // 32  # drop_last for training
+    assert all(images.shape == (32, 3, 32, 32) for images, _ in batches)
+    val_seen = torch.cat([labels for _, labels in dm.val_dataloader()])
+    assert len(val_seen) == 100  # evaluation sees every image once
+
+
+@pytest.mark.parametrize("num_samples", [100, 103])
+@pytest.mark.parametrize("pad", [True, False])
+def test_ddp_shards_are_disjoint_and_cover_the_epoch(num_samples: int, pad: bool) -> None:
+    world = 4
+    shards = []
+    for rank in range(world):
+        sampler = ShardedEpochSampler(num_samples, shuffle=True, seed=7, rank=rank, world_size=world, pad=pad)
+        sampler.set_epoch(5)
+        shards.append(sampler.indices().tolist())
+        assert len(shards[-1]) == len(sampler)
+    covered = [i for shard in shards for i in shard]
+    assert set(covered) == set(range(num_samples))
+    if pad:  # equal batches on every rank; at most world-1 repeats
+        assert len({len(s) for s in shards}) == 1 and len(covered) - num_samples < world
+    else:  # every image exactly once
+        assert sorted(covered) == list(range(num_samples))
+
+
+def test_epoch_order_is_reproducible_and_changes_between_epochs() -> None:
+    sampler = ShardedEpochSampler(50, shuffle=True, seed=1)
+    sampler.set_epoch(0)
+    first = sampler.indices()
+    sampler.set_epoch(1)
+    second = sampler.indices()
+    sampler.set_epoch(0)
+    assert torch.equal(first, sampler.indices()) and not torch.equal(first, second)
+
+
+def test_loader_batches_keep_images_and_labels_together() -> None:
+    labels = torch.arange(40)
+    images = labels.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).to(torch.uint8)
+    loader = InMemoryLoader(images, labels, 8, ShardedEpochSampler(40, shuffle=True, seed=0), drop_last=True)
+    for batch_images, batch_labels in loader:
+        assert torch.equal(batch_images[:, 0, 0, 0].long(), batch_labels)
+
+
+def test_flip_is_the_mirror_of_the_original() -> None:
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    flipped = random_horizontal_flip(images, torch.Generator().manual_seed(0))
+    mirrored = torch.tensor([torch.equal(f, i.flip(2)) for f, i in zip(flipped, images, strict=True)])
+    unchanged = torch.tensor([torch.equal(f, i) for f, i in zip(flipped, images, strict=True)])
+    assert (mirrored | unchanged).all() and 10 < mirrored.sum() < 54
+
+
+def test_crops_are_windows_of_the_padded_image() -> None:
+    images = torch.randint(1, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    crops = random_crop(images, 4, torch.Generator().manual_seed(0))
+    padded = F.pad(images, (4, 4, 4, 4))
+    offsets = set()
+    for crop, pad in zip(crops, padded, strict=True):
+        matches = [(y, x) for y in range(9) for x in range(9) if torch.equal(crop, pad[:, y : y + 32, x : x + 32])]
+        assert matches, "a crop is not a 32×32 window of the padded image"
+        offsets.add(matches[0])
+    assert len(offsets) > 10  # offsets really vary per image
+
+
+def test_cutout_zeroes_one_square_per_image() -> None:
+    images = torch.ones(16, 3, 32, 32)
+    out = cutout(images, 8, torch.Generator().manual_seed(0))
+    zeroed = (out == 0).all(1).sum((1, 2))
+    assert (zeroed <= 64).all() and (zeroed > 0).all() and (out[out != 0] == 1).all()
+
+
+def test_normalisation_uses_the_cifar10_statistics() -> None:
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    at_mean = (mean * 255).round().to(torch.uint8).expand(2, 3, 8, 8)
+    one_std_up = ((mean + std) * 255).round().to(torch.uint8).expand(2, 3, 8, 8)
+    assert normalize(at_mean).abs().max() < 0.01
+    assert (normalize(one_std_up) - 1).abs().max() < 0.02
+    assert normalize(at_mean).dtype == torch.float32
+
+
+def test_augmentation_never_moves_labels() -> None:
+    dm = CIFAR10DataModule(Synthetic(num_train=64, num_test=16), val_size=0, batch_size=64, cutout=4)
+    labels = torch.arange(64) % 10
+    images = (labels * 20 + 10).view(-1, 1, 1, 1).expand(-1, 3, 32, 32).to(torch.uint8)  # each image "is" its label
+    out = dm.augment(images)
+    zero = normalize(torch.zeros(1, 3, 1, 1, dtype=torch.uint8))
+    for image, label in zip(out, labels, strict=True):
+        own = normalize((label * 20 + 10).view(1, 1, 1, 1).expand(1, 3, 1, 1).to(torch.uint8))[0]
+        pixel_is_own = torch.isclose(image, own).all(0)
+        pixel_is_padding = torch.isclose(image, zero[0]).all(0) | (image == 0).all(0)  # zero pad or cutout
+        assert (pixel_is_own | pixel_is_padding).all() and pixel_is_own.float().mean() > 0.5
