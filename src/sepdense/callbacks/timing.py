@@ -1,0 +1,86 @@
+"""Wall time, throughput and peak memory of training, logged per epoch and kept for the final metrics."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on ``device`` since the last reset, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+class Timing(pl.Callback):
+    """Logs ``time/train_epoch_s``, ``time/val_epoch_s``, ``time/train_images_per_s``, ``time/step_ms`` and
+    ``memory/peak_mb`` every epoch, and ``time/fit_s`` at the end (all also in ``self.summary``).
+
+    Train time runs from the epoch start to the start of that epoch's validation (Lightning
+    validates inside the training epoch), so it excludes validation. On GPU the clock reads
+    synchronise the device, so queued kernels are counted in the epoch they belong to.
+    """
+
+    def __init__(self) -> None:
+        self.summary: dict[str, float] = {}
+        self._epoch_start = self._val_start = self._fit_start = 0.0
+        self._train_s: float | None = None
+        self._images = self._steps = 0
+
+    @staticmethod
+    def _now(trainer: pl.Trainer) -> float:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize(trainer.strategy.root_device)
+        return time.perf_counter()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+        self._fit_start = self._now(trainer)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._images = self._steps = 0
+        self._train_s = None
+        self._epoch_start = self._now(trainer)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._images += len(batch[1])
+        self._steps += 1
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        now = self._now(trainer)
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and self._train_s is None:
+            self._train_s = now - self._epoch_start
+        self._val_start = now
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._log(pl_module, {"time/val_epoch_s": self._now(trainer) - self._val_start})
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        train_s = self._train_s if self._train_s is not None else self._now(trainer) - self._epoch_start
+        values = {"time/train_epoch_s": train_s, "memory/peak_mb": peak_memory_mb(trainer.strategy.root_device)}
+        if self._steps:
+            # Every rank trains its own shard at the same time, so throughput scales with world size.
+            values["time/train_images_per_s"] = self._images * trainer.world_size / train_s
+            values["time/step_ms"] = 1000 * train_s / self._steps
+        self._log(pl_module, values)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.summary["time/fit_s"] = self._now(trainer) - self._fit_start
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"time/fit_s": self.summary["time/fit_s"]}, step=trainer.global_step)
+
+    def _log(self, pl_module: pl.LightningModule, values: dict[str, float]) -> None:
+        self.summary.update(values)
+        for name, value in values.items():
+            pl_module.log(name, float(value), on_step=False, on_epoch=True)

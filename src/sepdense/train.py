@@ -1,0 +1,105 @@
+"""Training: build everything from the Hydra config, fit, test the best checkpoint, return the metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from sepdense.callbacks import ModelCost, Timing
+from sepdense.module import ImageClassifier
+
+log = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"
+# Final numbers shown in TensorBoard's HPARAMS tab beside the config (prefixed hp/ so they do not
+# collide with the per-epoch curves of the same metrics).
+HPARAM_METRICS = ("test/acc", "test/f1", "val/acc", "model/params", "model/macs", "time/train_images_per_s")
+
+
+def resolve_precision(precision: str | int) -> str | int:
+    """'auto' means bf16 mixed precision on a GPU that supports it and full fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Every ``_target_`` node directly under a config group (callbacks, loggers), in config order."""
+    if not group:
+        return []
+    return [
+        hydra.utils.instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node
+    ]
+
+
+def scalars(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if torch.as_tensor(v).numel() == 1}
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config to 'a/b/c' keys with TensorBoard-friendly values (lists become strings)."""
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}/"))
+        else:
+            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return flat
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model of ``cfg``, test its best checkpoint, save and return the final metrics."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    net = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes)
+    scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    module = ImageClassifier(
+        net=net,
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        class_names=datamodule.class_names,
+        **cfg.module,
+    )
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer: pl.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg.trainer.precision)
+    )
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = scalars(trainer.callback_metrics)  # the last epoch's train and val metrics
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    if best is not None and checkpoint.best_model_score is not None:
+        metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
+    if cfg.get("test", True):
+        if best is None:
+            log.warning("No best checkpoint was saved; testing the weights at the end of training.")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best)
+        metrics.update(scalars(trainer.callback_metrics))
+    for callback in callbacks:
+        if isinstance(callback, Timing | ModelCost):
+            metrics.update(callback.summary)
+    metrics["best_checkpoint"] = best
+    if trainer.is_global_zero:
+        with open(output_dir / METRICS_FILE, "w") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                finals = {f"hp/{k.replace('/', '_')}": metrics[k] for k in HPARAM_METRICS if k in metrics}
+                logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)), metrics=finals)
+                logger.finalize("success")
+    return metrics
