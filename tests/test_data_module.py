@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from sepdense.data import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, Synthetic
-from sepdense.data.augment import cutout, normalize, random_crop, random_horizontal_flip
+from sepdense.data.augment import cutout, normalize, random_crop_flip
 from sepdense.data.datamodule import stratified_split
 from sepdense.data.loader import InMemoryLoader, ShardedEpochSampler
 
@@ -79,24 +79,44 @@ def test_loader_batches_keep_images_and_labels_together() -> None:
         assert torch.equal(batch_images[:, 0, 0, 0].long(), batch_labels)
 
 
-def test_flip_is_the_mirror_of_the_original() -> None:
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    flipped = random_horizontal_flip(images, torch.Generator().manual_seed(0))
-    mirrored = torch.tensor([torch.equal(f, i.flip(2)) for f, i in zip(flipped, images, strict=True)])
-    unchanged = torch.tensor([torch.equal(f, i) for f, i in zip(flipped, images, strict=True)])
-    assert (mirrored | unchanged).all() and 10 < mirrored.sum() < 54
+def _window_matches(out: torch.Tensor, images: torch.Tensor, padding: int) -> list[list[tuple[int, int, bool]]]:
+    """For each output image, every (top, left, mirrored) with which it equals a window of its padded input."""
+    padded = F.pad(images, (padding,) * 4)
+    size, span = images.shape[-1], 2 * padding + 1
+    return [
+        [
+            (y, x, m)
+            for y in range(span)
+            for x in range(span)
+            for m in (False, True)
+            if torch.equal(o, (p[:, y : y + size, x : x + size].flip(2) if m else p[:, y : y + size, x : x + size]))
+        ]
+        for o, p in zip(out, padded, strict=True)
+    ]
 
 
 def test_crops_are_windows_of_the_padded_image() -> None:
     images = torch.randint(1, 256, (32, 3, 32, 32), dtype=torch.uint8)
-    crops = random_crop(images, 4, torch.Generator().manual_seed(0))
-    padded = F.pad(images, (4, 4, 4, 4))
-    offsets = set()
-    for crop, pad in zip(crops, padded, strict=True):
-        matches = [(y, x) for y in range(9) for x in range(9) if torch.equal(crop, pad[:, y : y + 32, x : x + 32])]
-        assert matches, "a crop is not a 32×32 window of the padded image"
-        offsets.add(matches[0])
-    assert len(offsets) > 10  # offsets really vary per image
+    matches = _window_matches(
+        random_crop_flip(images, 4, flip=False, generator=torch.Generator().manual_seed(0)), images, 4
+    )
+    assert all(any(not m for _, _, m in found) for found in matches), "a crop is not a window of the padded image"
+    assert len({found[0][:2] for found in matches}) > 10  # offsets really vary per image
+
+
+def test_flip_is_the_mirror_of_the_original() -> None:
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(images, 0, flip=True, generator=torch.Generator().manual_seed(0))
+    mirrored = torch.tensor([torch.equal(o, i.flip(2)) for o, i in zip(out, images, strict=True)])
+    unchanged = torch.tensor([torch.equal(o, i) for o, i in zip(out, images, strict=True)])
+    assert (mirrored | unchanged).all() and 10 < mirrored.sum() < 54
+
+
+def test_crop_and_flip_together_give_mirrored_windows() -> None:
+    images = torch.randint(1, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    matches = _window_matches(random_crop_flip(images, 4, generator=torch.Generator().manual_seed(1)), images, 4)
+    assert all(matches)
+    assert 5 < sum(found[0][2] for found in matches) < 27  # both mirrored and plain windows occur
 
 
 def test_cutout_zeroes_one_square_per_image() -> None:

@@ -41,7 +41,7 @@ def test_offline_download_says_where_to_put_the_archive(tmp_path: Path, monkeypa
 
 
 def test_missing_batches_without_download(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="not in .*cifar-10-batches-py"):
+    with pytest.raises(DataError, match=r"not in .*cifar-10-batches-py"):
         OfficialCIFAR10(str(tmp_path), download=False).prepare()
 
 

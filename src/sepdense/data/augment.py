@@ -15,25 +15,26 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-def random_crop(images: Tensor, padding: int, generator: torch.Generator | None = None) -> Tensor:
-    """Zero-pad by ``padding`` on each side, then cut one random H×W window per image."""
-    if padding <= 0:
-        return images
-    b, _, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding))
-    top = torch.randint(0, 2 * padding + 1, (b,), device=images.device, generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (b,), device=images.device, generator=generator)
-    rows = (top[:, None] + torch.arange(h, device=images.device))[:, :, None]  # (B, H, 1)
-    cols = (left[:, None] + torch.arange(w, device=images.device))[:, None, :]  # (B, 1, W)
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    # Advanced indexing on (batch, row, col) gathers every window at once: (B, H, W, C).
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+def random_crop_flip(
+    images: Tensor, padding: int, flip: bool = True, generator: torch.Generator | None = None
+) -> Tensor:
+    """Zero-pad by ``padding``, cut one random H×W window per image and (if ``flip``) mirror it with p=1/2.
 
-
-def random_horizontal_flip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Mirror each image left-right with probability 1/2."""
-    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+    Crop and flip are one ``gather`` over the flattened padded images: each output pixel reads
+    its source pixel directly, which is several times faster than cropping and flipping in turn.
+    """
+    b, c, h, w = images.shape
+    device = images.device
+    padded = F.pad(images, (padding, padding, padding, padding)).view(b, c, -1)
+    top = torch.randint(0, 2 * padding + 1, (b, 1), device=device, generator=generator)
+    left = torch.randint(0, 2 * padding + 1, (b, 1), device=device, generator=generator)
+    cols = torch.arange(w, device=device).expand(b, w)
+    if flip:
+        mirror = torch.rand(b, 1, device=device, generator=generator) < 0.5
+        cols = torch.where(mirror, cols.flip(1), cols)
+    rows = torch.arange(h, device=device) + top  # (B, H)
+    source = (rows[:, :, None] * (w + 2 * padding) + (cols + left)[:, None, :]).view(b, 1, h * w)
+    return padded.gather(2, source.expand(b, c, h * w)).view(b, c, h, w)
 
 
 def cutout(images: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
@@ -54,7 +55,7 @@ def cutout(images: Tensor, size: int, generator: torch.Generator | None = None) 
 
 
 def normalize(images: Tensor, mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> Tensor:
-    """uint8 0-255 images to float32, standardised per channel."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * 255
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * 255
-    return (images.float() - mean_t) / std_t
+    """uint8 0-255 images to float32, standardised per channel: x·(1/255σ) − μ/σ in one pass."""
+    scale = 1 / (255 * torch.tensor(std, device=images.device)).view(1, -1, 1, 1)
+    shift = -(torch.tensor(mean, device=images.device) / torch.tensor(std, device=images.device)).view(1, -1, 1, 1)
+    return images.float().mul_(scale).add_(shift)

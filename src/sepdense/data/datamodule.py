@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from sepdense.data.augment import CIFAR10_MEAN, CIFAR10_STD, cutout, normalize, random_crop, random_horizontal_flip
+from sepdense.data.augment import CIFAR10_MEAN, CIFAR10_STD, cutout, normalize, random_crop_flip
 from sepdense.data.loader import InMemoryLoader, ShardedEpochSampler
 from sepdense.data.sources import ImageFolder, OfficialCIFAR10, SplitArrays, Synthetic
 from sepdense.errors import ConfigError, DataError
@@ -130,9 +130,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
 
     def augment(self, images: Tensor) -> Tensor:
         """Training-time augmentation of a uint8 batch, returned normalised (float32)."""
-        images = random_crop(images, self.crop_padding)
-        if self.horizontal_flip:
-            images = random_horizontal_flip(images)
+        images = random_crop_flip(images, self.crop_padding, self.horizontal_flip)
         return cutout(normalize(images, self.mean, self.std), self.cutout)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

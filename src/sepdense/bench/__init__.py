@@ -1,0 +1,1 @@
+"""Cost measurements of the two conv types and of the data pipeline, written as JSON, CSV, markdown and plots."""
