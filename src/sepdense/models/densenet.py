@@ -83,7 +83,7 @@ class DenseNet(nn.Module):
     def __init__(
         self,
         conv: str = "separable",
-        block_config: Sequence[int] = (6, 12, 24, 16),
+        block_config: Sequence[int] = (16, 16, 16, 8),
         growth_rate: int = 12,
         bottleneck: bool = True,
         bn_size: int = 4,

@@ -1,0 +1,160 @@
+"""Training through the real entry point (single runs and a multirun), the logged metrics, and user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import ROOT
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from sepdense.data import CIFAR10DataModule, Synthetic
+from sepdense.data.augment import normalize
+from sepdense.module import ImageClassifier, NonFiniteLossError
+
+SMOKE = ["debug=smoke", "callbacks.progress_bar=null"]
+
+
+def run_entry(script: str, *overrides: str, log_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, script, *overrides, f"paths.log_dir={log_dir}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def scalar_tags(run_dir: Path) -> dict[str, list]:
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("conv", ["separable", "standard"])
+def test_train_entry_point(conv: str, tmp_path: Path) -> None:
+    run_entry("train.py", *SMOKE, f"model.conv={conv}", log_dir=tmp_path)
+    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("test/acc", "test/f1", "test/precision", "test/recall", "val/acc", "train/loss", "val/acc_best"):
+        assert 0 <= metrics[key] < 10, key
+    assert metrics["model/params"] > 0 and metrics["time/train_images_per_s"] > 0 and metrics["time/fit_s"] > 0
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    saved = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert f"conv: {conv}" in saved  # the full config is saved with the run
+
+    tags = scalar_tags(run_dir)
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "val/precision", "val/recall",
+                "val/f1/class3", "test/acc", "test/recall/class9", "time/train_epoch_s", "time/val_epoch_s",
+                "time/train_images_per_s", "time/step_ms", "time/fit_s", "memory/peak_mb", "model/params",
+                "model/macs", "hp/test_acc"):  # fmt: skip
+        assert tag in tags, tag
+    assert len(tags["val/acc"]) == 2  # one point per epoch
+    assert tags["test/acc"][-1].value == pytest.approx(metrics["test/acc"])
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    # The HPARAMS tab: the config and the final metrics, written once at the end.
+    hparams = events.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
+    assert (
+        b"model/conv" in hparams["_hparams_/session_start_info"] and b"hp/test_acc" in hparams["_hparams_/experiment"]
+    )
+
+
+@pytest.mark.slow
+def test_multirun_sweeps_both_conv_types_into_their_own_directories(tmp_path: Path) -> None:
+    run_entry("train.py", "-m", *SMOKE, "model.conv=separable,standard", log_dir=tmp_path)
+    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    runs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert [r.name for r in runs] == [
+        "callbacks.progress_bar=null,debug=smoke,model.conv=separable",
+        "callbacks.progress_bar=null,debug=smoke,model.conv=standard",
+    ]
+    params = {}
+    for run in runs:
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+        params[run.name.rsplit("=", 1)[1]] = json.loads((run / "metrics.json").read_text())["model/params"]
+    assert params["separable"] < params["standard"]
+
+
+def test_logged_metrics_equal_scikit_learn(tmp_path: Path) -> None:
+    """Macro and per-class precision/recall/F1 and accuracy as logged, against sklearn on the same predictions."""
+    pl.seed_everything(0)
+    datamodule = CIFAR10DataModule(Synthetic(num_train=600, num_test=300), val_size=100, batch_size=50,
+                                   eval_batch_size=64)  # fmt: skip
+    # A random linear classifier gives varied predictions, so every class is exercised.
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    module = ImageClassifier(net, lambda p: torch.optim.SGD(p, lr=0.0), None, [f"c{i}" for i in range(10)])
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         default_root_dir=tmp_path)  # fmt: skip
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    logged = trainer.callback_metrics
+
+    images, labels = datamodule.splits["test"]
+    with torch.no_grad():
+        preds = net(normalize(images)).argmax(1).numpy()
+    labels = labels.numpy()
+    assert len(np.unique(preds)) > 3
+    assert logged["test/acc"].item() == pytest.approx(accuracy_score(labels, preds), abs=1e-6)
+    for name, fn in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+        assert logged[f"test/{name}"].item() == pytest.approx(fn(labels, preds, average="macro", zero_division=0),
+                                                              abs=1e-6)  # fmt: skip
+        per_class = fn(labels, preds, average=None, labels=range(10), zero_division=0)
+        for i in range(10):
+            assert logged[f"test/{name}/c{i}"].item() == pytest.approx(per_class[i], abs=1e-6)
+    assert module.confusion["test"].sum() == len(labels)
+
+
+def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:
+    class Diverged(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = nn.Parameter(torch.tensor(float("nan")))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)[:, :10] * self.scale
+
+    datamodule = CIFAR10DataModule(Synthetic(num_train=128, num_test=32), val_size=32, batch_size=32)
+    module = ImageClassifier(Diverged(), lambda p: torch.optim.SGD(p, lr=0.1), None, [f"c{i}" for i in range(10)])
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=tmp_path)  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match=r"The train loss became nan .* Lower the learning rate"):
+        trainer.fit(module, datamodule=datamodule)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.conv=depthwise", "error: model.conv='depthwise' is not a conv type; use one of: standard, separable"),
+        ("model.growth_rate=-4", "error: model.growth_rate=-4 must be a positive integer"),
+        ("data.batch_size=5000", "error: data.batch_size=5000 is larger than the training split (768 images)"),
+        ("model.no_such_key=1", "Key 'no_such_key' is not in struct"),
+    ],
+)
+@pytest.mark.slow
+def test_user_errors_end_in_one_clear_line(override: str, message: str, tmp_path: Path) -> None:
+    result = run_entry("train.py", *SMOKE, override, log_dir=tmp_path, check=False)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("preset", ["trainer=cpu", "trainer=gpu", "trainer=debug", "callbacks=[default,early_stopping]",
+                                    "optimizer=adamw", "scheduler=onecycle", "data=imagefolder",
+                                    "experiment=densenet_bc100"])  # fmt: skip
+def test_config_presets_compose_and_instantiate(preset: str, compose_train_cfg) -> None:
+    cfg = compose_train_cfg(preset)
+    for group in ("data", "model", "optimizer", "scheduler"):
+        assert hydra.utils.instantiate(cfg[group], **({"num_classes": 10} if group == "model" else {}))
+    for node in cfg.callbacks.values():
+        assert hydra.utils.instantiate(node)
+    if preset == "callbacks=[default,early_stopping]":
+        assert cfg.callbacks.early_stopping.monitor == "val/loss"
