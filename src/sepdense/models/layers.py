@@ -41,24 +41,14 @@ class SeparableConv2d(nn.Module):
 
 
 def _standard(
-    in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int, bias: bool, **_: object
+    in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int, bias: bool, mid_norm: bool
 ) -> nn.Module:
+    # mid_norm belongs to the separable pair; a single conv has no "between".
     return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
 
 
-def _separable(
-    in_channels: int,
-    out_channels: int,
-    kernel_size: int,
-    stride: int,
-    padding: int,
-    bias: bool,
-    mid_norm: bool = False,
-) -> nn.Module:
-    return SeparableConv2d(in_channels, out_channels, kernel_size, stride, padding, bias, mid_norm)
-
-
-CONV_TYPES: dict[str, Callable[..., nn.Module]] = {"standard": _standard, "separable": _separable}
+# Builders share one signature: (in_channels, out_channels, kernel_size, stride, padding, bias, mid_norm).
+CONV_TYPES: dict[str, Callable[..., nn.Module]] = {"standard": _standard, "separable": SeparableConv2d}
 
 
 def check_conv_type(conv: str) -> str:
@@ -83,6 +73,4 @@ def create_conv2d(
 ) -> nn.Module:
     """Build one k×k convolution of the named type; 'same' padding unless ``padding`` is given."""
     padding = kernel_size // 2 if padding is None else padding
-    return CONV_TYPES[check_conv_type(conv)](
-        in_channels, out_channels, kernel_size, stride, padding, bias, mid_norm=mid_norm
-    )
+    return CONV_TYPES[check_conv_type(conv)](in_channels, out_channels, kernel_size, stride, padding, bias, mid_norm)
