@@ -15,10 +15,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from sepdense.callbacks import ModelCost, Timing
+from sepdense.environment import environment
+from sepdense.errors import ConfigError
 from sepdense.module import ImageClassifier
+from sepdense.report import CONFUSION_FILE, METRICS_FILE
 
 log = logging.getLogger(__name__)
-METRICS_FILE = "metrics.json"
+ENVIRONMENT_FILE = "environment.json"
 # Final numbers shown in TensorBoard's HPARAMS tab beside the config (prefixed hp/ so they do not
 # collide with the per-epoch curves of the same metrics).
 HPARAM_METRICS = ("test/acc", "test/f1", "val/acc", "model/params", "model/macs", "time/train_images_per_s")
@@ -56,12 +59,32 @@ def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
+    """``ckpt_path`` if given; with ``resume``, this run directory's last.ckpt if it exists."""
+    if cfg.get("ckpt_path"):
+        return cfg.ckpt_path
+    resume = cfg.get("resume")
+    if resume not in (None, False, True, "true", "false") and Path(str(resume)).resolve() != output_dir.resolve():
+        raise ConfigError(
+            f"resume={resume} is not a run directory (it has no .hydra/config.yaml); give a directory under "
+            f"logs/train/runs, or resume=true for the last run of the same command."
+        )
+    if resume:
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("Resuming from %s", last)
+            return str(last)
+        log.warning("resume is set but %s does not exist: starting from scratch.", last)
+    return None
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model of ``cfg``, test its best checkpoint, save and return the final metrics."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / ENVIRONMENT_FILE).write_text(json.dumps(environment(), indent=2))
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     net = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes)
@@ -79,7 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg.trainer.precision)
     )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, output_dir))
     metrics = scalars(trainer.callback_metrics)  # the last epoch's train and val metrics
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
@@ -97,6 +120,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         with open(output_dir / METRICS_FILE, "w") as f:
             json.dump(metrics, f, indent=2, sort_keys=True)
+        if "test" in module.confusion:
+            matrix = {"class_names": module.class_names, "matrix": module.confusion["test"].tolist()}
+            (output_dir / CONFUSION_FILE).write_text(json.dumps(matrix))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 finals = {f"hp/{k.replace('/', '_')}": metrics[k] for k in HPARAM_METRICS if k in metrics}

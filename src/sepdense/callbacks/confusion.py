@@ -10,13 +10,14 @@ matplotlib.use("Agg")  # headless: figures are only ever written to files and Te
 import matplotlib.pyplot as plt
 import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 
 
-def confusion_figure(matrix: Tensor, class_names: Sequence[str], title: str) -> plt.Figure:
+def confusion_figure(matrix: Tensor | np.ndarray, class_names: Sequence[str], title: str) -> plt.Figure:
     """A row-normalised confusion matrix (rows: true class) with the raw counts written in each cell."""
-    counts = matrix.cpu().numpy()
+    counts = torch.as_tensor(matrix).cpu().numpy()
     rates = counts / counts.sum(1, keepdims=True).clip(min=1)
     fig, ax = plt.subplots(figsize=(7, 6))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
