@@ -64,6 +64,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.crop_padding, self.horizontal_flip, self.cutout = crop_padding, horizontal_flip, cutout
         self.mean, self.std = tuple(mean), tuple(std)
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        # Augmentation draws from its own generator, saved in checkpoints (state_dict), so a resumed
+        # run augments exactly as an uninterrupted one would.
+        self.generator: torch.Generator | None = None
+        self._saved_generator_state: Tensor | None = None
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key}={getattr(self, key)} must be a positive integer.")
@@ -128,10 +132,27 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def test_dataloader(self) -> InMemoryLoader:
         return self._loader("test", train=False)
 
+    def _generator_on(self, device: torch.device) -> torch.Generator:
+        if self.generator is None or self.generator.device != device:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self.generator = torch.Generator(device).manual_seed(self.shuffle_seed + 1000 * rank)
+            if self._saved_generator_state is not None:
+                self.generator.set_state(self._saved_generator_state)
+                self._saved_generator_state = None
+        return self.generator
+
     def augment(self, images: Tensor) -> Tensor:
         """Training-time augmentation of a uint8 batch, returned normalised (float32)."""
-        images = random_crop_flip(images, self.crop_padding, self.horizontal_flip)
-        return cutout(normalize(images, self.mean, self.std), self.cutout)
+        generator = self._generator_on(images.device)
+        images = random_crop_flip(images, self.crop_padding, self.horizontal_flip, generator)
+        return cutout(normalize(images, self.mean, self.std), self.cutout, generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.generator is None else {"augment_generator": self.generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._saved_generator_state = state_dict.get("augment_generator")
+        self.generator = None
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
