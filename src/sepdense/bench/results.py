@@ -21,7 +21,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     """A GitHub-flavoured markdown table of ``rows`` (one dict per row) over ``columns``."""
     if not rows:
         return "(no rows)\n"
-    columns = list(columns or rows[0])
+    columns = list(columns or dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
     lines += ["| " + " | ".join(format_value(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
