@@ -63,14 +63,13 @@ def run(cfg: DictConfig) -> dict:
     if "model" in cfg.levels:
         p = cfg.model_level
         log.info("Model level: %s on %s", model_kwargs, device)
-        rows, summary = benchmark_model(
+        rows, comparison = benchmark_model(
             model_kwargs, device, p.train_batch, p.inference_batch, p.min_run_time, p.compile
         )
-        results["levels"]["model"], results["summary"]["model"] = rows, summary
+        results["levels"]["model"], results["levels"]["model_comparison"] = rows, comparison
         plot_model_costs(rows, out_dir / "model_costs.png")
-        tables[f"Model level: train batch {p.train_batch}, inference batch {p.inference_batch}"] = (
-            markdown_table(rows) + "\n" + summary_line(summary) + "\n"
-        )
+        tables[f"Model level: train batch {p.train_batch}, inference batch {p.inference_batch}"] = markdown_table(rows)
+        tables["Model level: separable ÷ standard"] = markdown_table(comparison)
 
     if "data" in cfg.levels:
         p = cfg.data_level

@@ -80,8 +80,10 @@ def test_benchmark_entry_point_writes_every_output(tmp_path: Path) -> None:
         for key in ("params", "macs", "latency_b1_ms", "inference_images_per_s", "train_step_ms",
                     "train_images_per_s", "train_peak_memory_mb"):  # fmt: skip
             assert row[key] > 0, key
-    summary = results["summary"]["model"]
-    assert 0 < summary["mac_ratio"] < 1 and 0 < summary["param_ratio"] < 1
+    comparison = results["levels"]["model_comparison"]
+    assert len(comparison) == 3  # NCHW, channels_last, BN-folded
+    assert all(0 < row["mac_ratio"] < 1 and 0 < row["param_ratio"] < 1 for row in comparison)
+    assert all("share_of_mac_saving_realised" in row for row in comparison if not row["bn_folded"])
     assert results["summary"]["data"]["speedup"] > 0
     for name in ("layer.csv", "model.csv", "data.csv"):
         with open(out / name) as f:

@@ -47,7 +47,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     resumed = json.loads((run_dir / "metrics.json").read_text())
     for key in COMPARED:
         assert resumed[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-7), key
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3 * 12
     # One TensorBoard run, continued by the resumed process: the val/acc curve has every epoch.
     assert [epoch for epoch, _ in read_curves(run_dir / "tensorboard")["val/acc"]] == [0, 1, 2]
 
