@@ -50,6 +50,10 @@ def test_train_entry_point(conv: str, tmp_path: Path) -> None:
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     saved = (run_dir / ".hydra" / "config.yaml").read_text()
     assert f"conv: {conv}" in saved  # the full config is saved with the run
+    environment = json.loads((run_dir / "environment.json").read_text())
+    assert torch.__version__.startswith(environment["packages"]["torch"])
+    assert "git_commit" in environment and "train.py" in environment["command"]
+    assert (run_dir / "report" / "report.md").is_file()  # every run ends with its own report
 
     tags = scalar_tags(run_dir)
     for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "val/precision", "val/recall",
@@ -135,6 +139,7 @@ def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:
     [
         ("model.conv=depthwise", "error: model.conv='depthwise' is not a conv type; use one of: standard, separable"),
         ("model.growth_rate=-4", "error: model.growth_rate=-4 must be a positive integer"),
+        ("model.block_config=[]", "error: model.block_config=[] must list at least one block of ≥1 layers"),
         ("data.batch_size=5000", "error: data.batch_size=5000 is larger than the training split (768 images)"),
         ("model.no_such_key=1", "Key 'no_such_key' is not in struct"),
     ],

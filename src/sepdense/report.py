@@ -203,7 +203,8 @@ def plot_tradeoff(runs: list[Run], path: Path) -> None:
 def plot_confusion(run: Run, path: Path) -> None:
     from sepdense.callbacks.confusion import confusion_figure
 
-    fig = confusion_figure(run.confusion, run.class_names, f"{run.conv}: test confusion ({run.name})")
+    acc = 100 * run.metrics.get("test/acc", float("nan"))
+    fig = confusion_figure(run.confusion, run.class_names, f"{run.conv}: test confusion, best run ({acc:.2f}%)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -259,16 +260,16 @@ def write_report(root: Path) -> Path:
     for run in runs:
         if run.curves:
             plot_run_curves(run, out / "curves" / f"{run.name.replace('/', '_')}.png")
-    figures = []
+    figures: list[tuple[str, str]] = []  # (file, caption)
     if groups:
         plot_conv_curves(groups, out / "curves_by_conv.png")
         plot_tradeoff(runs, out / "tradeoff.png")
-        figures += ["curves_by_conv.png", "tradeoff.png"]
+        figures += [("curves_by_conv.png", "Learning curves per conv type"), ("tradeoff.png", "Accuracy against cost")]
     for conv, rs in groups.items():
         best = max(rs, key=lambda r: r.metrics.get("test/acc", -1))
         if best.confusion is not None:
             plot_confusion(best, out / f"confusion_{conv}.png")
-            figures.append(f"confusion_{conv}.png")
+            figures.append((f"confusion_{conv}.png", f"Test confusion matrix of the best {conv} run, {best.name}"))
 
     run_rows = [
         {"run": r.name, "conv": r.conv, "seed": r.seed, "status": r.status,
@@ -322,7 +323,7 @@ def write_report(root: Path) -> Path:
         markdown_table(per_class_table) if per_class_table else "(no per-class metrics)\n",
         "## Figures",
         "",
-        *[f"![{name}]({name})" for name in figures],
+        *[f"{caption}:\n\n![{caption}]({name})\n" for name, caption in figures],
         "",
         "Per-run learning curves are in `curves/`.",
         "",
