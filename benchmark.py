@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> dict:
         p = cfg.model_level
         log.info("Model level: %s on %s", model_kwargs, device)
         rows, comparison = benchmark_model(
-            model_kwargs, device, p.train_batch, p.inference_batch, p.min_run_time, p.compile
+            model_kwargs, device, p.train_batch, p.inference_batch, p.min_run_time, p.compile, p.memory
         )
         results["levels"]["model"], results["levels"]["model_comparison"] = rows, comparison
         plot_model_costs(rows, out_dir / "model_costs.png")

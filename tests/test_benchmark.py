@@ -55,6 +55,7 @@ def test_benchmark_entry_point_writes_every_output(tmp_path: Path) -> None:
         "layer_level.kernels=[3,5]",
         "model.block_config=[1,1,1,1]",
         "model_level.inference_batch=8",
+        "model_level.memory=true",
         "data.batch_size=16",
         "data.source.num_train=600",
         "data.source.num_test=100",

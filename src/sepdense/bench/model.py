@@ -76,7 +76,13 @@ def train_timings(net: nn.Module, setting: dict, device: str, batch: int, min_ru
 
 
 def benchmark_model(
-    model_kwargs: dict, device: str, train_batch: int, inference_batch: int, min_run_time: float, with_compile: bool
+    model_kwargs: dict,
+    device: str,
+    train_batch: int,
+    inference_batch: int,
+    min_run_time: float,
+    with_compile: bool,
+    with_memory: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     rows = []
     for conv in ("standard", "separable"):
@@ -87,7 +93,7 @@ def benchmark_model(
             row = {"conv": conv, **setting, **cost}
             row.update(inference_timings(net, setting, device, inference_batch, min_run_time))
             row.update(train_timings(DenseNet(**kwargs).to(device), setting, device, train_batch, min_run_time))
-            if device == "cpu" and not setting["compile"]:
+            if device == "cpu" and with_memory and not setting["compile"]:
                 row["train_peak_memory_mb"] = measure_in_subprocess(kwargs, train_batch, setting["channels_last"])[
                     "step_peak_mb"
                 ]
