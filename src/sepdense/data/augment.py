@@ -6,6 +6,8 @@ image from ``generator`` (or torch's global RNG), so a batch of 512 costs a few 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -54,8 +56,15 @@ def cutout(images: Tensor, size: int, generator: torch.Generator | None = None) 
     return images.masked_fill(inside[:, None], 0.0)
 
 
+@functools.lru_cache(maxsize=8)
+def _scale_shift(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    # Built once per device: normalize runs on every batch, and a fresh tensor would be a host-to-device copy each time.
+    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, -1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], device=device).view(1, -1, 1, 1)
+    return scale, shift
+
+
 def normalize(images: Tensor, mean: tuple[float, ...] = CIFAR10_MEAN, std: tuple[float, ...] = CIFAR10_STD) -> Tensor:
     """uint8 0-255 images to float32, standardised per channel: x·(1/255σ) − μ/σ in one pass."""
-    scale = 1 / (255 * torch.tensor(std, device=images.device)).view(1, -1, 1, 1)
-    shift = -(torch.tensor(mean, device=images.device) / torch.tensor(std, device=images.device)).view(1, -1, 1, 1)
+    scale, shift = _scale_shift(tuple(mean), tuple(std), images.device)
     return images.float().mul_(scale).add_(shift)
