@@ -65,7 +65,7 @@ def test_benchmark_entry_point_writes_every_output(tmp_path: Path) -> None:
     )
     (out,) = (tmp_path / "benchmark" / "runs").iterdir()
     results = json.loads((out / "results.json").read_text())
-    assert results["machine"]["threads"] >= 1
+    assert results["machine"]["cpu_threads"] >= 1 and results["machine"]["device"] == "cpu"
     layer = results["levels"]["layer"]
     assert len(layer) == 2 * 2 * 2  # 2 sizes × 2 kernels × 2 conv types
     for key in ("conv", "channels", "size", "k", "params", "macs", "forward_ms", "forward_backward_ms"):

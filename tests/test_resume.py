@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT
 from test_train import SMOKE, run_entry
 
-from sepdense.report import read_curves
+from sepdense.runs import read_curves
 
 # Long enough epochs (~2 s on 2 cores) to kill one in the middle; deterministic algorithms on CPU.
 RUN = [*SMOKE, "trainer.deterministic=true", "trainer.max_epochs=3", "trainer.limit_train_batches=12"]

@@ -18,6 +18,7 @@ from torchmetrics.classification import (
 
 from sepdense.errors import UserError
 from sepdense.optim import param_groups
+from sepdense.runtime import prepare_network, to_layout
 
 STAGES = ("train", "val", "test")
 
@@ -61,9 +62,8 @@ class ImageClassifier(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        self.net = prepare_network(net, channels_last)
         num_classes = len(self.class_names)
         # One set of metric objects per stage, so Lightning computes and resets each at its own epoch end
         # (nn.ModuleDict cannot be keyed 'train': that name is nn.Module.train).
@@ -76,7 +76,7 @@ class ImageClassifier(pl.LightningModule):
         self.confusion: dict[str, Tensor] = {}
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.net(images.contiguous(memory_format=self.memory_format))
+        return self.net(to_layout(images, self.channels_last))
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         images, labels = batch

@@ -7,15 +7,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from sepdense.runs import OVERRIDES_FILE, is_run_dir, last_checkpoint
+
 RESUME_KEY = "resume"
 
 
 def _without_resume(overrides: Sequence[str]) -> list[str]:
     return sorted(str(o) for o in overrides if not str(o).lstrip("+~").startswith(f"{RESUME_KEY}="))
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / ".hydra" / "config.yaml").is_file()
 
 
 def run_dir(resume: object, runs_dir: str, new_dir: str, overrides: Sequence[str]) -> str:
@@ -32,9 +30,9 @@ def run_dir(resume: object, runs_dir: str, new_dir: str, overrides: Sequence[str
     if resume not in (True, "true", "True"):
         return str(resume) if is_run_dir(Path(str(resume))) else new_dir
     wanted = _without_resume(overrides)
-    for saved in sorted(Path(runs_dir).glob("*/.hydra/overrides.yaml"), reverse=True):
+    for saved in sorted(Path(runs_dir).glob(f"*/{OVERRIDES_FILE}"), reverse=True):
         candidate = saved.parent.parent
-        if (candidate / "checkpoints" / "last.ckpt").is_file() and _without_resume(OmegaConf.load(saved)) == wanted:
+        if last_checkpoint(candidate).is_file() and _without_resume(OmegaConf.load(saved)) == wanted:
             return str(candidate)
     return new_dir
 

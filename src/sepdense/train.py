@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,14 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from sepdense.callbacks import ModelCost, Timing
-from sepdense.environment import environment
+from sepdense.callbacks import SummaryCallback
 from sepdense.errors import ConfigError
 from sepdense.module import ImageClassifier
-from sepdense.report import CONFUSION_FILE, METRICS_FILE
+from sepdense.runs import is_run_dir, last_checkpoint, write_confusion, write_environment, write_metrics
 
 log = logging.getLogger(__name__)
-ENVIRONMENT_FILE = "environment.json"
 # Final numbers shown in TensorBoard's HPARAMS tab beside the config (prefixed hp/ so they do not
 # collide with the per-epoch curves of the same metrics).
 HPARAM_METRICS = ("test/acc", "test/f1", "val/acc", "model/params", "model/macs", "time/train_images_per_s")
@@ -64,13 +61,13 @@ def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     if cfg.get("ckpt_path"):
         return cfg.ckpt_path
     resume = cfg.get("resume")
-    if resume not in (None, False, True, "true", "false") and Path(str(resume)).resolve() != output_dir.resolve():
+    if resume not in (None, False, True, "true", "false") and not is_run_dir(Path(str(resume))):
         raise ConfigError(
             f"resume={resume} is not a run directory (it has no .hydra/config.yaml); give a directory under "
             f"logs/train/runs, or resume=true for the last run of the same command."
         )
     if resume:
-        last = output_dir / "checkpoints" / "last.ckpt"
+        last = last_checkpoint(output_dir)
         if last.is_file():
             log.info("Resuming from %s", last)
             return str(last)
@@ -84,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / ENVIRONMENT_FILE).write_text(json.dumps(environment(), indent=2))
+    write_environment(output_dir)
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     net = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes)
@@ -114,15 +111,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(module, datamodule=datamodule, ckpt_path=best)
         metrics.update(scalars(trainer.callback_metrics))
     for callback in callbacks:
-        if isinstance(callback, Timing | ModelCost):
-            metrics.update(callback.summary)
+        if isinstance(callback, SummaryCallback):
+            metrics.update(callback.summary())
     metrics["best_checkpoint"] = best
     if trainer.is_global_zero:
-        with open(output_dir / METRICS_FILE, "w") as f:
-            json.dump(metrics, f, indent=2, sort_keys=True)
+        write_metrics(output_dir, metrics)
         if "test" in module.confusion:
-            matrix = {"class_names": module.class_names, "matrix": module.confusion["test"].tolist()}
-            (output_dir / CONFUSION_FILE).write_text(json.dumps(matrix))
+            write_confusion(output_dir, module.class_names, module.confusion["test"].tolist())
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 finals = {f"hp/{k.replace('/', '_')}": metrics[k] for k in HPARAM_METRICS if k in metrics}

@@ -11,7 +11,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from sepdense.bench.model import train_timings
 from sepdense.data import CIFAR10DataModule
+
+# The layout training uses by default (module.channels_last=true).
+TRAIN_SETTING = {"precision": "fp32", "channels_last": True, "compile": False}
 
 
 class PerImageCIFAR10(Dataset):
@@ -71,23 +75,6 @@ def images_per_second(batches: Iterator, prepare: Callable[[tuple], tuple], warm
     return {"images_per_s": count / seconds, "ms_per_batch": 1000 * seconds / measured, "batches": measured}
 
 
-def train_step_ms(net: nn.Module, batch_size: int, steps: int) -> float:
-    """Mean time of one SGD training step (forward, backward, update) of ``net`` on random CIFAR-sized inputs."""
-    from torch.utils.benchmark import Timer
-
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    images, labels = torch.randn(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(net(images), labels).backward()
-        optimizer.step()
-
-    step()  # warm-up: allocator and kernel selection
-    timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
-    return 1000 * timer.timeit(steps).mean
-
-
 def benchmark_data(
     datamodule: CIFAR10DataModule, net: nn.Module, warmup: int, batches: int, workers: int, step_runs: int
 ) -> tuple[list[dict], dict]:
@@ -100,7 +87,7 @@ def benchmark_data(
         )
         baseline_loader = torchvision_loader(datamodule, workers)
         baseline = images_per_second(endless(lambda: iter(baseline_loader)), lambda b: b, warmup, batches)
-    step_ms = train_step_ms(net, datamodule.batch_size, step_runs)
+    step_ms = train_timings(net, TRAIN_SETTING, "cpu", datamodule.batch_size, runs=step_runs)["train_step_ms"]
     rows = [
         {"pipeline": "CIFAR10DataModule (in memory, batch-wise augmentation)", **ours},
         {"pipeline": f"torchvision per-image transforms, DataLoader({workers} workers)", **baseline},

@@ -9,35 +9,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 
 import torch
 from torch import nn
 
+from sepdense.measure import current_rss_mb, peak_memory_mb
 from sepdense.models import DenseNet
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+from sepdense.runtime import prepare_network, to_layout
 
 
 def measure(model_kwargs: dict, batch: int, channels_last: bool) -> dict:
-    net = DenseNet(**model_kwargs)
+    net = prepare_network(DenseNet(**model_kwargs), channels_last)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    images, labels = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
-    if channels_last:
-        net, images = net.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)
+    images, labels = to_layout(torch.randn(batch, 3, 32, 32), channels_last), torch.randint(0, 10, (batch,))
     before = current_rss_mb()
     nn.functional.cross_entropy(net(images), labels).backward()
     optimizer.step()
-    return {"rss_before_mb": before, "peak_rss_mb": peak_rss_mb(), "step_peak_mb": peak_rss_mb() - before}
+    peak = peak_memory_mb(torch.device("cpu"))
+    return {"rss_before_mb": before, "peak_rss_mb": peak, "step_peak_mb": peak - before}
 
 
 def measure_in_subprocess(model_kwargs: dict, batch: int, channels_last: bool) -> dict:

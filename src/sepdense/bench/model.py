@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from sepdense.bench.memory import measure_in_subprocess
-from sepdense.bench.timing import time_ms
-from sepdense.callbacks.model_cost import count_macs, count_parameters
-from sepdense.models import DenseNet
+from sepdense.measure import count_macs, count_parameters, latency_ms, time_ms
+from sepdense.models import BASELINE_CONV, DenseNet, ordered_conv_types
 from sepdense.models.fusion import fold_batchnorms
+from sepdense.runtime import prepare_network, to_layout
 
 
 def settings(device: str, with_compile: bool) -> Iterator[dict]:
@@ -34,27 +34,25 @@ def autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def prepare(net: nn.Module, x: torch.Tensor, setting: dict) -> tuple[nn.Module, torch.Tensor]:
-    if setting["channels_last"]:
-        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    if setting["compile"]:
-        net = torch.compile(net)
-    return net, x
-
-
 def inference_timings(net: nn.Module, setting: dict, device: str, batch: int, min_run_time: float) -> dict:
-    net = net.eval()
-    with torch.no_grad(), autocast(device, setting["precision"]):
-        one, x1 = prepare(net, torch.randn(1, 3, 32, 32, device=device), setting)
-        latency = time_ms(lambda: one(x1), min_run_time)
-        many, xb = prepare(net, torch.randn(batch, 3, 32, 32, device=device), setting)
-        batch_ms = time_ms(lambda: many(xb), min_run_time)
+    net = prepare_network(net.eval(), setting["channels_last"], setting["compile"])
+    with autocast(device, setting["precision"]):
+        latency = latency_ms(net, (1, 3, 32, 32), min_run_time)
+        with torch.no_grad():
+            x = to_layout(torch.randn(batch, 3, 32, 32, device=device), setting["channels_last"])
+            batch_ms = time_ms(lambda: net(x), min_run_time)
     return {"latency_b1_ms": latency, "inference_images_per_s": batch * 1000 / batch_ms}
 
 
-def train_timings(net: nn.Module, setting: dict, device: str, batch: int, min_run_time: float) -> dict:
-    net = net.train()
-    net, x = prepare(net, torch.randn(batch, 3, 32, 32, device=device), setting)
+def train_timings(
+    net: nn.Module, setting: dict, device: str, batch: int, min_run_time: float = 1.0, runs: int | None = None
+) -> dict:
+    """One SGD training step (forward, backward, update) on random CIFAR-sized inputs: ms, images/s, CUDA memory.
+
+    Timed for ``min_run_time`` seconds, or over exactly ``runs`` steps (see ``measure.time_ms``).
+    """
+    net = prepare_network(net.train(), setting["channels_last"], setting["compile"])
+    x = to_layout(torch.randn(batch, 3, 32, 32, device=device), setting["channels_last"])
     labels = torch.randint(0, 10, (batch,), device=device)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
@@ -68,7 +66,7 @@ def train_timings(net: nn.Module, setting: dict, device: str, batch: int, min_ru
     if device == "cuda":
         step()
         torch.cuda.reset_peak_memory_stats()
-    step_ms = time_ms(step, min_run_time)
+    step_ms = time_ms(step, min_run_time, runs=runs)
     row = {"train_step_ms": step_ms, "train_images_per_s": batch * 1000 / step_ms}
     if device == "cuda":
         row["train_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -84,19 +82,19 @@ def benchmark_model(
     with_compile: bool,
     with_memory: bool = True,
 ) -> tuple[list[dict], list[dict]]:
+    """Rows for every registered conv type and setting, and each type's ratios to the baseline."""
     rows = []
-    for conv in ("standard", "separable"):
+    for conv in ordered_conv_types():
         kwargs = {**model_kwargs, "conv": conv}
         net = DenseNet(**kwargs).to(device)
         cost = {"params": count_parameters(net), "macs": count_macs(net)}
         for setting in settings(device, with_compile):
             row = {"conv": conv, **setting, **cost}
-            row.update(inference_timings(net, setting, device, inference_batch, min_run_time))
+            row.update(inference_timings(DenseNet(**kwargs).to(device), setting, device, inference_batch, min_run_time))
             row.update(train_timings(DenseNet(**kwargs).to(device), setting, device, train_batch, min_run_time))
             if device == "cpu" and with_memory and not setting["compile"]:
-                row["train_peak_memory_mb"] = measure_in_subprocess(kwargs, train_batch, setting["channels_last"])[
-                    "step_peak_mb"
-                ]
+                measured = measure_in_subprocess(kwargs, train_batch, setting["channels_last"])
+                row["train_peak_memory_mb"] = measured["step_peak_mb"]
             rows.append(row)
         folded = fold_batchnorms(net)
         setting = {"precision": "fp32", "channels_last": False, "compile": False}
@@ -114,36 +112,38 @@ def benchmark_model(
 
 
 def model_comparison(rows: list[dict]) -> list[dict]:
-    """Separable ÷ standard for each setting, and how much of the MAC saving became training time saved.
+    """Each conv type ÷ the baseline for each setting, and how much of the MAC saving became training time saved.
 
-    ``share_of_mac_saving_realised`` is (1 - time ratio) / (1 - MAC ratio): 1 when time falls in
-    proportion to MACs, 0 when it does not fall at all, negative when separable is slower.
+    ``share_of_mac_saving_realised`` is (1 − time ratio) / (1 − MAC ratio): 1 when time falls in
+    proportion to MACs, 0 when it does not fall at all, negative when the type is slower.
     """
 
     def key(row: dict) -> tuple:
         return row["precision"], row["channels_last"], row["compile"], bool(row.get("bn_folded"))
 
-    standard = {key(r): r for r in rows if r["conv"] == "standard"}
+    baseline = {key(r): r for r in rows if r["conv"] == BASELINE_CONV}
     comparison = []
-    for sep in (r for r in rows if r["conv"] == "separable"):
-        std = standard.get(key(sep))
-        if std is None:
+    for other in (r for r in rows if r["conv"] != BASELINE_CONV):
+        base = baseline.get(key(other))
+        if base is None:
             continue
-        precision, channels_last, compiled, folded = key(sep)
+        precision, channels_last, compiled, folded = key(other)
         row = {
+            "conv": f"{other['conv']} ÷ {BASELINE_CONV}",
             "precision": precision,
             "channels_last": channels_last,
             "compile": compiled,
             "bn_folded": folded,
-            "param_ratio": sep["params"] / std["params"],
-            "mac_ratio": sep["macs"] / std["macs"],
-            "latency_b1_ratio": sep["latency_b1_ms"] / std["latency_b1_ms"],
-            "inference_images_per_s_ratio": sep["inference_images_per_s"] / std["inference_images_per_s"],
+            "param_ratio": other["params"] / base["params"],
+            "mac_ratio": other["macs"] / base["macs"],
+            "latency_b1_ratio": other["latency_b1_ms"] / base["latency_b1_ms"],
+            "inference_images_per_s_ratio": other["inference_images_per_s"] / base["inference_images_per_s"],
         }
-        if "train_step_ms" in sep:
-            row["train_images_per_s_ratio"] = sep["train_images_per_s"] / std["train_images_per_s"]
-            row["share_of_mac_saving_realised"] = (1 - sep["train_step_ms"] / std["train_step_ms"]) / (
-                1 - row["mac_ratio"]
-            )
+        if "train_step_ms" in other:
+            row["train_images_per_s_ratio"] = other["train_images_per_s"] / base["train_images_per_s"]
+            if row["mac_ratio"] != 1:
+                row["share_of_mac_saving_realised"] = (1 - other["train_step_ms"] / base["train_step_ms"]) / (
+                    1 - row["mac_ratio"]
+                )
         comparison.append(row)
     return comparison

@@ -1,54 +1,56 @@
-"""PNG plots of the benchmark: the FLOPs-vs-time gap per layer, and the model-level trade-off."""
+"""PNG plots of the benchmark: the FLOPs-vs-time gap per layer, and the model-level costs per setting."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+
+from sepdense.plotting import conv_colors
 
 
 def plot_layer_gap(comparison: list[dict], path: Path) -> None:
-    """Separable ÷ standard per grid point: MACs (theory) vs measured forward+backward time, one panel per k."""
+    """Each conv type ÷ the baseline per grid point: MACs against measured forward+backward time, one panel per k."""
     kernels = sorted({r["k"] for r in comparison})
-    fig, axes = plt.subplots(1, len(kernels), figsize=(6 * len(kernels), 4.5), squeeze=False)
-    for ax, k in zip(axes[0], kernels, strict=True):
-        for size in sorted({r["size"] for r in comparison}, reverse=True):
-            points = sorted((r for r in comparison if r["k"] == k and r["size"] == size), key=lambda r: r["channels"])
-            times = [r["forward_backward_time_ratio"] for r in points]
-            ax.plot([r["channels"] for r in points], times, "o-", label=f"time, {size}px")
-        # The MAC ratio depends only on channels and k, not on the image size.
-        theory = sorted({(r["channels"], r["mac_ratio_theory"]) for r in comparison if r["k"] == k})
-        ax.plot(*zip(*theory, strict=True), "--", color="gray", label="MACs: 1/C + 1/k²")
-        ax.axhline(1, color="black", lw=0.8)
-        ax.set(xscale="log", yscale="log", xlabel="channels (in = out)", ylabel="separable ÷ standard")
-        ax.set_title(f"k={k}: separable ÷ standard, forward+backward")
-        ax.legend(fontsize=8)
+    pairs = list(dict.fromkeys(r["conv"] for r in comparison))
+    fig, axes = plt.subplots(len(pairs), len(kernels), figsize=(6 * len(kernels), 4.5 * len(pairs)), squeeze=False)
+    for row_axes, pair in zip(axes, pairs, strict=True):
+        for ax, k in zip(row_axes, kernels, strict=True):
+            points_k = [r for r in comparison if r["conv"] == pair and r["k"] == k]
+            for size in sorted({r["size"] for r in points_k}, reverse=True):
+                points = sorted((r for r in points_k if r["size"] == size), key=lambda r: r["channels"])
+                times = [r["forward_backward_time_ratio"] for r in points]
+                ax.plot([r["channels"] for r in points], times, "o-", label=f"time, {size}×{size} px")
+            # The MAC ratio depends only on channels and k, not on the image size.
+            macs = sorted({(r["channels"], r["mac_ratio_measured"]) for r in points_k})
+            ax.plot(*zip(*macs, strict=True), "k--", label="MACs")
+            ax.axhline(1, color="gray", lw=0.8)
+            ax.set(xscale="log", yscale="log", xlabel="channels (in = out)", ylabel=f"{pair} (log scale)")
+            ax.set_title(f"{k}×{k} conv, forward+backward: {pair}\n(below 1: cheaper than the baseline)", fontsize=10)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def setting_label(row: dict) -> str:
+    layout = "channels_last" if row["channels_last"] else "NCHW"
+    return f"{row['conv']}\n{row['precision']}, {layout}{', compiled' if row['compile'] else ''}"
+
+
 def plot_model_costs(rows: list[dict], path: Path) -> None:
-    """Per conv type and setting: parameters, MACs and training images/s, as bars."""
+    """Per conv type and setting: parameters (M), MACs per image (M) and training images/s, as bars."""
     trained = [r for r in rows if not r.get("bn_folded")]
-    labels = [
-        f"{r['conv']}\n{r['precision']}{' CL' if r['channels_last'] else ''}{' compiled' if r['compile'] else ''}"
-        for r in trained
-    ]
-    colors = ["tab:blue" if r["conv"] == "standard" else "tab:orange" for r in trained]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for ax, key, title in zip(
-        axes,
-        ("params", "macs", "train_images_per_s"),
-        ("parameters", "forward MACs per image", "training images/s"),
-        strict=True,
-    ):
-        ax.bar(range(len(trained)), [r[key] for r in trained], color=colors)
-        ax.set_xticks(range(len(trained)), labels, fontsize=7)
+    colors = conv_colors(r["conv"] for r in trained)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
+    panels = (("params", 1e6, "parameters (M)"), ("macs", 1e6, "forward MACs per image (M)"),
+              ("train_images_per_s", 1, "training images/s"))  # fmt: skip
+    for ax, (key, scale, title) in zip(axes, panels, strict=True):
+        ax.bar(range(len(trained)), [r[key] / scale for r in trained], color=[colors[r["conv"]] for r in trained])
+        ax.set_xticks(range(len(trained)), [setting_label(r) for r in trained], fontsize=7)
         ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

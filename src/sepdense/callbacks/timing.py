@@ -2,45 +2,19 @@
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-
-def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: CUDA's allocator statistics, or on Linux the process's peak RSS (VmHWM).
-
-    Without the reset, the second run of a sweep in the same process would report the first's peak.
-    """
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # "5" resets the peak resident set size (Linux ≥ 4.0)
-    except OSError:
-        pass  # other systems: the peak covers the whole process
+from sepdense.callbacks.base import SummaryCallback
+from sepdense.measure import peak_memory_mb, reset_peak_memory
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on ``device`` since the last reset, or the process's peak RSS on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**10  # kB
-    except (OSError, StopIteration):
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
-
-
-class Timing(pl.Callback):
+class Timing(SummaryCallback):
     """Logs ``time/train_epoch_s``, ``time/val_epoch_s``, ``time/train_images_per_s``, ``time/step_ms`` and
-    ``memory/peak_mb`` every epoch, and ``time/fit_s`` at the end (all also in ``self.summary``).
+    ``memory/peak_mb`` every epoch, and ``time/fit_s`` at the end (the last values are its ``summary()``).
 
     Train time runs from the epoch start to the start of that epoch's validation (Lightning
     validates inside the training epoch), so it excludes validation. On GPU the clock reads
@@ -48,7 +22,7 @@ class Timing(pl.Callback):
     """
 
     def __init__(self) -> None:
-        self.summary: dict[str, float] = {}
+        super().__init__()
         self._epoch_start = self._val_start = self._fit_start = 0.0
         self._train_s: float | None = None
         self._images = self._steps = 0
@@ -94,11 +68,11 @@ class Timing(pl.Callback):
         self._log(pl_module, values)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.summary["time/fit_s"] = self._now(trainer) - self._fit_start
+        self.final["time/fit_s"] = self._now(trainer) - self._fit_start
         if trainer.logger is not None:
-            trainer.logger.log_metrics({"time/fit_s": self.summary["time/fit_s"]}, step=trainer.global_step)
+            trainer.logger.log_metrics({"time/fit_s": self.final["time/fit_s"]}, step=trainer.global_step)
 
     def _log(self, pl_module: pl.LightningModule, values: dict[str, float]) -> None:
-        self.summary.update(values)
+        self.final.update(values)
         for name, value in values.items():
             pl_module.log(name, float(value), on_step=False, on_epoch=True)

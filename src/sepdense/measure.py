@@ -1,0 +1,157 @@
+"""Measuring the network and the machine: parameters, MACs, timing, latency, peak memory, environment.
+
+The ground floor for cost figures: the Trainer callbacks and ``benchmark.py`` both measure
+through these functions, so a figure means the same wherever it is shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.benchmark import Timer
+from torch.utils.flop_counter import FlopCounterMode
+
+PACKAGES = ("sepdense", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "omegaconf", "numpy")
+# How batch-1 latency is measured; shown beside every latency figure.
+LATENCY_METHOD = "eval mode, batch 1, median of repeated calls after a warm-up; on CPU with 1 thread"
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode without gradients, back in its previous mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32)) -> int:
+    """Multiply-accumulates of one forward pass for one input of ``input_shape`` (batch 1).
+
+    Counted by ``torch.utils.flop_counter`` over convolutions and matrix products (2 FLOPs per
+    MAC); norms, activations and pooling are not counted, as is usual for MAC figures.
+    """
+    with eval_mode(model), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(input_shape, device=model_device(model)))
+    return counter.get_total_flops() // 2
+
+
+def time_ms(
+    fn: Callable[[], object], min_run_time: float, threads: int | None = None, runs: int | None = None
+) -> float:
+    """Milliseconds per call of ``fn``, after one warm-up call.
+
+    By default the median of ``blocked_autorange``, which repeats ``fn`` in blocks until
+    ``min_run_time`` seconds have passed; with ``runs``, the mean of exactly that many calls (for
+    steps of seconds). CUDA is synchronised around the timed calls; ``threads`` defaults to torch's
+    current count (training's).
+    """
+    fn()
+    timer = Timer("fn()", globals={"fn": fn}, num_threads=threads or torch.get_num_threads())
+    if runs:
+        return 1000 * timer.timeit(runs).mean
+    return 1000 * timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def latency_ms(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32), min_run_time: float = 0.5) -> float:
+    """Forward time of one input, measured as :data:`LATENCY_METHOD` says.
+
+    One thread on CPU: at batch 1 a second thread gains little, and when another process holds a
+    core, two threads wait on each other and one forward can take a hundred times longer.
+    """
+    with eval_mode(model):
+        x = torch.zeros(input_shape, device=model_device(model))
+        threads = 1 if x.device.type == "cpu" else None
+        return time_ms(lambda: model(x), min_run_time, threads)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or on Linux the process's peak RSS (VmHWM).
+
+    Without the reset, the second run of a sweep in the same process would report the first's peak.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # other systems: the peak covers the whole process
+        Path("/proc/self/clear_refs").write_text("5")  # "5" resets the peak resident set size (Linux ≥ 4.0)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated on ``device`` since the last reset, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**10  # kB
+    except (OSError, StopIteration):
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def current_rss_mb() -> float:
+    """The resident set size of this process now (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def git_commit(directory: Path) -> str | None:
+    """HEAD of the repository holding ``directory`` ('<sha>-dirty' with uncommitted changes), or None."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory,
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def environment() -> dict:
+    """What a result needs to be reproduced besides its config: versions, the machine, the git commit."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": cpu_name(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "packages": versions,
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "command": " ".join(sys.argv),
+    }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (e.g. 'AMD EPYC'), which ``platform.processor()`` does not give on Linux."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()

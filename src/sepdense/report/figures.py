@@ -1,0 +1,132 @@
+"""The report's figures: learning curves per run and per conv type, accuracy against cost, confusion matrices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
+
+from sepdense.plotting import confusion_figure, conv_colors
+from sepdense.runs import Run
+
+STAGE_STYLE = {"train": {"color": "tab:blue", "marker": "o"}, "val": {"color": "tab:red", "marker": "s"}}
+METRIC_LABEL = {"loss": "loss (cross-entropy, label-smoothed)", "acc": "accuracy (%)"}
+STAGE_NAME = {"train": "training", "val": "validation"}
+
+
+def _values(tag: str, values: list[float]) -> np.ndarray:
+    return np.array(values) * (100 if tag.endswith("acc") else 1)
+
+
+def _epoch_axis(ax: Axes, epochs: list[int]) -> None:
+    """Whole-number epoch ticks, with room around a run of one or two epochs."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs:
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_run_curves(run: Run, path: Path) -> None:
+    """Loss and accuracy per epoch of one run, training and validation in their own colour and marker."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    all_epochs: set[int] = set()
+    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+        for stage in ("train", "val"):
+            tag = f"{stage}/{metric}"
+            if tag in run.curves:
+                epochs, values = zip(*run.curves[tag], strict=True)
+                x = [e + 1 for e in epochs]
+                all_epochs.update(x)
+                ax.plot(x, _values(tag, list(values)), "-", ms=4, label=STAGE_NAME[stage], **STAGE_STYLE[stage])
+        ax.set(ylabel=METRIC_LABEL[metric], title=f"{run.name}: {metric}")
+        ax.legend()
+    for ax in axes:
+        _epoch_axis(ax, sorted(all_epochs))
+    _save(fig, path)
+
+
+def plot_conv_curves(groups: dict[str, list[Run]], path: Path) -> None:
+    """Training and validation loss and accuracy per conv type: mean across seeds with a min–max band.
+
+    One panel per (metric, stage), so a line's stage is its panel and its conv type is its colour.
+    """
+    colors = conv_colors(groups)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
+    all_epochs: set[int] = set()
+    for row, metric in enumerate(("loss", "acc")):
+        for col, stage in enumerate(("train", "val")):
+            ax, tag = axes[row, col], f"{stage}/{metric}"
+            for conv, runs in groups.items():
+                series = [dict(r.curves[tag]) for r in runs if tag in r.curves]
+                if not series:
+                    continue
+                epochs = sorted(set.intersection(*(set(s) for s in series)))
+                values = np.array([_values(tag, [s[e] for e in epochs]) for s in series])
+                x = np.array(epochs) + 1
+                all_epochs.update(x.tolist())
+                ax.plot(x, values.mean(0), "-", marker="o" if len(x) < 30 else None, ms=4, color=colors[conv],
+                        label=f"{conv} (n={len(series)})")  # fmt: skip
+                if len(series) > 1:
+                    ax.fill_between(x, values.min(0), values.max(0), color=colors[conv], alpha=0.2)
+            ax.set(ylabel=METRIC_LABEL[metric], title=f"{STAGE_NAME[stage]} {metric}")
+            if ax.lines:
+                ax.legend(fontsize=8)
+    for ax in axes.flat:
+        _epoch_axis(ax, sorted(all_epochs))
+    fig.suptitle("Learning curves per conv type (mean over seeds; band: min–max)")
+    _save(fig, path)
+
+
+def time_axis(seconds: list[float]) -> tuple[float, str]:
+    """A scale and unit that keep training times readable: seconds, minutes or hours."""
+    longest = max(seconds, default=0)
+    if longest >= 2 * 3600:
+        return 1 / 3600, "h"
+    if longest >= 120:
+        return 1 / 60, "min"
+    return 1, "s"
+
+
+def plot_tradeoff(runs: list[Run], path: Path) -> None:
+    """Test accuracy against MACs, training time and parameters: one point per run, one colour per conv type."""
+    done = [r for r in runs if r.complete and "test/acc" in r.metrics]
+    colors = conv_colors(r.conv for r in done)
+    fit_scale, fit_unit = time_axis([r.metrics.get("time/fit_s", 0) for r in done])
+    panels = (
+        ("model/macs", 1e-6, "forward MACs per image (M)"),
+        ("time/fit_s", fit_scale, f"training time ({fit_unit})"),
+        ("model/params", 1e-6, "parameters (M)"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    for ax, (key, scale, label) in zip(axes, panels, strict=True):
+        for conv in dict.fromkeys(r.conv for r in done):
+            points = [
+                (r.metrics[key] * scale, 100 * r.metrics["test/acc"])
+                for r in done
+                if r.conv == conv and key in r.metrics
+            ]
+            if points:
+                ax.scatter(*zip(*points, strict=True), color=colors[conv], s=45, label=conv, edgecolor="black", lw=0.5)
+        ax.set(xlabel=label, ylabel="test accuracy (%)")
+        ax.grid(alpha=0.3)
+        if ax.collections:
+            ax.legend(title="conv", fontsize=8)
+    fig.suptitle("Accuracy against cost (one point per run)")
+    _save(fig, path)
+
+
+def plot_confusion(run: Run, path: Path) -> None:
+    acc = 100 * run.metrics.get("test/acc", float("nan"))
+    fig = confusion_figure(run.confusion, run.class_names, f"{run.conv}: test confusion, best run ({acc:.2f}%)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,127 @@
+"""The run directory as a contract: what a training run writes there, and how anyone reads it back.
+
+Training writes through the ``write_*`` functions; the report, the evaluation entry point and
+resuming read through ``load_run``, ``find_run_dirs`` and the file names defined here, so the
+layout of a run directory is stated in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from sepdense.measure import environment
+from sepdense.tables import write_json
+
+CONFIG_FILE = Path(".hydra") / "config.yaml"
+OVERRIDES_FILE = Path(".hydra") / "overrides.yaml"
+METRICS_FILE = "metrics.json"
+CONFUSION_FILE = "confusion_matrix.json"
+ENVIRONMENT_FILE = "environment.json"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+BEST_CHECKPOINT = "best.ckpt"
+TENSORBOARD_DIR = "tensorboard"
+REPORT_DIR = "report"
+LOG_FILE = "train.log"
+# Per-epoch scalars that make the learning curves.
+CURVES = ("train/loss", "val/loss", "train/acc", "val/acc")
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Run directories at or below ``root``: those with a Hydra ``.hydra/config.yaml``."""
+    root = Path(root)
+    if is_run_dir(root):
+        return [root]
+    return sorted(p.parent.parent for p in root.glob(f"**/{CONFIG_FILE}") if REPORT_DIR not in p.parts)
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
+
+
+def write_environment(run_dir: Path) -> None:
+    write_json(Path(run_dir) / ENVIRONMENT_FILE, environment())
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    write_json(Path(run_dir) / METRICS_FILE, metrics, sort_keys=True)
+
+
+def write_confusion(run_dir: Path, class_names: list[str], matrix: list[list[int]]) -> None:
+    write_json(Path(run_dir) / CONFUSION_FILE, {"class_names": list(class_names), "matrix": matrix})
+
+
+def read_config(run_dir: Path) -> DictConfig:
+    return OmegaConf.load(Path(run_dir) / CONFIG_FILE)
+
+
+@dataclass
+class Run:
+    """What one run left on disk."""
+
+    path: Path
+    name: str
+    conv: str = "?"
+    seed: int | None = None
+    status: str = "complete"
+    config: DictConfig | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    confusion: np.ndarray | None = None
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+
+def read_curves(event_dir: Path, tags: tuple[str, ...] = CURVES) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch values of ``tags``, as (epoch, value), read with TensorBoard's own event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # it reports every event file it opens
+    events = EventAccumulator(str(event_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    available = set(events.Tags().get("scalars", []))
+    # Lightning logs the epoch beside every epoch-level metric, at the same global step.
+    epoch_at = {e.step: int(e.value) for e in events.Scalars("epoch")} if "epoch" in available else {}
+    curves = {}
+    for tag in tags:
+        if tag in available:
+            points = {epoch_at.get(e.step, i): e.value for i, e in enumerate(events.Scalars(tag))}
+            curves[tag] = sorted(points.items())  # a resumed epoch keeps its last value
+    return curves
+
+
+def load_run(path: Path, root: Path | None = None) -> Run:
+    """Read a run directory; a run that crashed or left unreadable files gets a status saying so."""
+    path = Path(path)
+    root = Path(root) if root is not None else path
+    run = Run(path=path, name=str(path.relative_to(root)) if path != root else path.name)
+    try:
+        run.config = read_config(path)
+        run.conv = str(OmegaConf.select(run.config, "model.conv", default="?"))
+        run.seed = OmegaConf.select(run.config, "seed", default=None)
+        if (path / TENSORBOARD_DIR).is_dir():
+            run.curves = read_curves(path / TENSORBOARD_DIR)
+        if not (path / METRICS_FILE).is_file():
+            run.status = "incomplete (no metrics.json: crashed or still running)"
+            return run
+        run.metrics = json.loads((path / METRICS_FILE).read_text())
+        if (path / CONFUSION_FILE).is_file():
+            saved = json.loads((path / CONFUSION_FILE).read_text())
+            run.confusion, run.class_names = np.array(saved["matrix"]), list(saved["class_names"])
+    except Exception as err:  # one unreadable run must not sink the report of the others
+        run.status = f"broken ({type(err).__name__}: {err})"
+    return run
