@@ -91,5 +91,6 @@ def test_benchmark_entry_point_writes_every_output(tmp_path: Path) -> None:
             assert len(list(csv.DictReader(f))) >= 2
     markdown = (out / "results.md").read_text()
     assert "## Layer level" in markdown and "## Model level" in markdown and "## Data pipeline" in markdown
+    assert "`share_of_mac_saving_realised`\n= (1 − training-step time ratio) / (1 − MAC ratio)" in markdown
     for png in ("layer_gap.png", "model_costs.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

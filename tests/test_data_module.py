@@ -38,8 +38,8 @@ def test_datamodule_splits_from_config_sizes() -> None:
     loader = dm.train_dataloader()
     batches = list(loader)
     assert len(batches) == len(loader) == 900 // 32  # drop_last for training
-    assert all(images.shape == (32, 3, 32, 32) for images, _ in batches)
-    val_seen = torch.cat([labels for _, labels in dm.val_dataloader()])
+    assert all(images.shape == (32, 3, 32, 32) for images, *_ in batches)
+    val_seen = torch.cat([labels for _, labels, _ in dm.val_dataloader()])
     assert len(val_seen) == 100  # evaluation sees every image once
 
 
@@ -75,7 +75,7 @@ def test_loader_batches_keep_images_and_labels_together() -> None:
     labels = torch.arange(40)
     images = labels.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).to(torch.uint8)
     loader = InMemoryLoader(images, labels, 8, ShardedEpochSampler(40, shuffle=True, seed=0), drop_last=True)
-    for batch_images, batch_labels in loader:
+    for batch_images, batch_labels, _ in loader:
         assert torch.equal(batch_images[:, 0, 0, 0].long(), batch_labels)
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import tarfile
 import urllib.error
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import SHARED_CIFAR10_JPEG, write_image_folder, write_official_batches
 from PIL import Image
+from test_train import run_entry
 
 from sepdense.data import CIFAR10_CLASSES, CIFAR10DataModule, ImageFolder, OfficialCIFAR10
 from sepdense.errors import ConfigError, DataError
@@ -131,3 +134,39 @@ def test_local_cifar10_copy_has_every_image(tmp_path: Path) -> None:
     pixels = arrays.train_images.astype(np.float64) / 255
     np.testing.assert_allclose(pixels.mean((0, 2, 3)), CIFAR10_MEAN, atol=0.01)
     np.testing.assert_allclose(pixels.std((0, 2, 3)), CIFAR10_STD, atol=0.01)
+
+
+def test_evaluation_order_mixes_the_classes_of_a_class_sorted_folder(tmp_path: Path) -> None:
+    classes = [f"c{i}" for i in range(10)]
+    write_image_folder(tmp_path, classes, per_class=6)  # stored class by class, as image folders are
+    source = ImageFolder(str(tmp_path), cache_dir=str(tmp_path / "cache"), class_names=classes)
+    datamodule = CIFAR10DataModule(source, val_size=20, batch_size=4, eval_batch_size=10)
+    datamodule.setup()
+    arrays = source.load()
+    for split, labels_in_source in (("test", arrays.test_labels), ("val", arrays.train_labels)):
+        batches = list(getattr(datamodule, f"{split}_dataloader")())
+        assert len(set(batches[0][1].tolist())) >= 5, split  # a shortened evaluation samples many classes
+        index = torch.cat([b[2] for b in batches])
+        assert len(set(index.tolist())) == len(index)  # the whole split still counts each image once
+        np.testing.assert_array_equal(torch.cat([b[1] for b in batches]).numpy(), labels_in_source[index.numpy()])
+    again = CIFAR10DataModule(source, val_size=20, batch_size=4, eval_batch_size=10)
+    again.setup()
+    assert torch.equal(again.source_index["test"], datamodule.source_index["test"])  # fixed by the seed
+
+
+@pytest.mark.slow
+def test_a_shortened_test_on_a_class_sorted_folder_reports_absent_classes_as_absent(tmp_path: Path) -> None:
+    classes = list(CIFAR10_CLASSES)
+    write_image_folder(tmp_path / "images", classes, per_class=12)
+    overrides = ["trainer=cpu", "model.block_config=[1,1,1,1]", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                 "callbacks.progress_bar=null", "data=imagefolder", f"data.source.root={tmp_path / 'images'}",
+                 f"data.source.cache_dir={tmp_path / 'cache'}", "data.val_size=20", "data.batch_size=10",
+                 "data.eval_batch_size=6", "trainer.limit_test_batches=1"]  # fmt: skip
+    run_entry("train.py", *overrides, log_dir=tmp_path / "logs")
+    (run_dir,) = (tmp_path / "logs" / "train" / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    confusion = np.array(json.loads((run_dir / "confusion_matrix.json").read_text())["matrix"])
+    assert confusion.sum() == 6
+    present = [c for c, support in zip(classes, confusion.sum(1), strict=True) if support > 0]
+    assert len(present) >= 3  # six images of a class-sorted folder, not six airplanes
+    assert {k.split("/")[-1] for k in metrics if k.startswith("test/f1/")} == set(present)

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.compat.proto.event_pb2 import SessionLog
 from test_train import SMOKE, run_entry
 
 from sepdense.runs import read_curves
@@ -39,8 +41,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     assert process.wait() == -signal.SIGKILL
     (run_dir,) = (crash_logs / "train" / "runs").iterdir()
     assert not (run_dir / "metrics.json").exists(), "the run finished before it was killed"
-    killed_at = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["epoch"]
-    assert killed_at < 2
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["epoch"] < 2
 
     run_entry("train.py", *RUN, "resume=true", log_dir=crash_logs)
     assert [p.name for p in (crash_logs / "train" / "runs").iterdir()] == [run_dir.name]  # the same run directory
@@ -50,6 +52,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3 * 12
     # One TensorBoard run, continued by the resumed process: the val/acc curve has every epoch.
     assert [epoch for epoch, _ in read_curves(run_dir / "tensorboard")["val/acc"]] == [0, 1, 2]
+    # The steps trained again after the resume replace those the killed run logged after its checkpoint:
+    # TensorBoard is told to hide everything from the checkpoint's next step on (purge_step).
+    events = [
+        e for f in (run_dir / "tensorboard").glob("events.out.tfevents.*") for e in EventFileLoader(str(f)).Load()
+    ]
+    restarts = [e.step for e in events if e.HasField("session_log") and e.session_log.status == SessionLog.START]
+    assert restarts == [saved["global_step"] + 1]
 
 
 def test_resume_of_a_directory_that_is_not_a_run_is_refused(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import ROOT
+from conftest import CONF_DIR, ROOT
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import nn
 
 from sepdense.data import CIFAR10DataModule, Synthetic
@@ -41,7 +43,7 @@ def scalar_tags(run_dir: Path) -> dict[str, list]:
 @pytest.mark.slow
 @pytest.mark.parametrize("conv", ["separable", "standard"])
 def test_train_entry_point(conv: str, tmp_path: Path) -> None:
-    run_entry("train.py", *SMOKE, f"model.conv={conv}", log_dir=tmp_path)
+    result = run_entry("train.py", *SMOKE, f"model.conv={conv}", log_dir=tmp_path)
     (run_dir,) = (tmp_path / "train" / "runs").iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("test/acc", "test/f1", "test/precision", "test/recall", "val/acc", "train/loss", "val/acc_best"):
@@ -58,19 +60,38 @@ def test_train_entry_point(conv: str, tmp_path: Path) -> None:
     tags = scalar_tags(run_dir)
     for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/f1", "val/precision", "val/recall",
                 "val/f1/class3", "test/acc", "test/recall/class9", "time/train_epoch_s", "time/val_epoch_s",
-                "time/train_images_per_s", "time/step_ms", "time/fit_s", "memory/peak_mb", "model/params",
-                "model/macs", "hp/test_acc"):  # fmt: skip
+                "time/train_images_per_s", "time/step_ms", "memory/peak_mb", "train/loss_step"):  # fmt: skip
         assert tag in tags, tag
+    # Constants are not curves: they go to metrics.json and HPARAMS, not to one-point SCALARS cards.
+    assert not [t for t in tags if t.startswith(("hp/", "model/")) or t == "time/fit_s"]
     assert len(tags["val/acc"]) == 2  # one point per epoch
     assert tags["test/acc"][-1].value == pytest.approx(metrics["test/acc"])
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
-    # The HPARAMS tab: the config and the final metrics, written once at the end.
-    hparams = events.PluginTagToContent("hparams")
-    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
-    assert (
-        b"model/conv" in hparams["_hparams_/session_start_info"] and b"hp/test_acc" in hparams["_hparams_/experiment"]
-    )
+    # The HPARAMS tab: the conv type and seed first, the final metrics read from their curves.
+    experiment = HParamsPluginData.FromString(events.PluginTagToContent("hparams")["_hparams_/experiment"]).experiment
+    assert [h.name for h in experiment.hparam_infos][:2] == ["model.conv", "seed"]
+    assert "model.params" in {h.name for h in experiment.hparam_infos}
+    assert {m.name.tag for m in experiment.metric_infos} == {
+        "test/acc",
+        "test/f1",
+        "val/acc",
+        "time/train_images_per_s",
+    }
+    # IMAGES: a validation confusion matrix after each epoch, drawn from that epoch, and the test one.
+    val_steps = [e.step for e in events.Images("val/confusion_matrix")]
+    assert len(val_steps) == 2 and [s - 1 for s in val_steps] == [e.step for e in tags["val/acc"]]
+    assert len(events.Images("test/confusion_matrix")) == 1
+
+    # A readable record on stderr and in train.log (stdout is not a terminal here): the estimate, then
+    # one line per epoch; and none of the libraries' noise.
+    log_text = (run_dir / "train.log").read_text()
+    for text in (log_text, result.stderr):
+        assert "Estimated training time:" in text
+        assert re.search(r"epoch 1/2  train loss [\d.]+ acc [\d.]+%  val loss [\d.]+ acc [\d.]+%", text)
+        assert "epoch 2/2" in text and "left ~" in text
+    for noise in ("No CUDA runtime", "Tip:", "Total FLOPs", "LeafSpec", "Sanity Checking"):
+        assert noise not in result.stderr + result.stdout, noise
 
 
 @pytest.mark.slow
@@ -85,6 +106,7 @@ def test_multirun_sweeps_both_conv_types_into_their_own_directories(tmp_path: Pa
     params = {}
     for run in runs:
         assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+        assert (run / "report" / "report.md").is_file()  # each job's own report, beside the sweep's
         params[run.name.rsplit("=", 1)[1]] = json.loads((run / "metrics.json").read_text())["model/params"]
     assert params["separable"] < params["standard"]
 
@@ -96,7 +118,7 @@ def test_logged_metrics_equal_scikit_learn(tmp_path: Path) -> None:
                                    eval_batch_size=64)  # fmt: skip
     # A random linear classifier gives varied predictions, so every class is exercised.
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
-    module = ImageClassifier(net, lambda p: torch.optim.SGD(p, lr=0.0), None, [f"c{i}" for i in range(10)])
+    module = ImageClassifier(net, [f"c{i}" for i in range(10)], optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          default_root_dir=tmp_path)  # fmt: skip
     trainer.test(module, datamodule=datamodule, verbose=False)
@@ -127,11 +149,13 @@ def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:
             return x.flatten(1)[:, :10] * self.scale
 
     datamodule = CIFAR10DataModule(Synthetic(num_train=128, num_test=32), val_size=32, batch_size=32)
-    module = ImageClassifier(Diverged(), lambda p: torch.optim.SGD(p, lr=0.1), None, [f"c{i}" for i in range(10)])
+    module = ImageClassifier(Diverged(), [f"c{i}" for i in range(10)], optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
                          enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=tmp_path)  # fmt: skip
-    with pytest.raises(NonFiniteLossError, match=r"The train loss became nan .* Lower the learning rate"):
+    with pytest.raises(NonFiniteLossError, match=r"The train loss became NaN or infinite at epoch 0, step 0") as info:
         trainer.fit(module, datamodule=datamodule)
+    assert "Lower the learning rate" in str(info.value)
+    assert "32-true" not in str(info.value)  # this run is already in full precision
 
 
 @pytest.mark.parametrize(
@@ -150,6 +174,18 @@ def test_user_errors_end_in_one_clear_line(override: str, message: str, tmp_path
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    runs = tmp_path / "train" / "runs"
+    assert not runs.exists() or not list(runs.iterdir()), "a run that saved nothing leaves no directory behind"
+
+
+@pytest.mark.slow
+def test_help_lists_the_training_groups_and_their_options(tmp_path: Path) -> None:
+    result = run_entry("train.py", "--help", log_dir=tmp_path)
+    groups = [p for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in ("preset", "hydra", "paths")]
+    for group in groups:
+        for option in group.glob("[!_]*.yaml"):
+            assert re.search(rf"^{group.name}: .*\b{option.stem}\b", result.stdout, re.M), f"{group.name}={option.stem}"
+    assert "preset" not in result.stdout and "_common" not in result.stdout  # the benchmark's, and an internal file
 
 
 @pytest.mark.parametrize("preset", ["trainer=cpu", "trainer=gpu", "trainer=debug", "callbacks=[default,early_stopping]",

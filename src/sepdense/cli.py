@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -32,3 +34,29 @@ def run_reporting_user_errors(fn: Callable[..., T], *args: object) -> T:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+# Lightning's messages that are not the user's business: advertising and an internal step.
+NOISE = ("💡 Tip", "Loading `train_dataloader` to estimate")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(NOISE)
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' real warnings, drop their advertising, and send Lightning's messages to the run's log.
+
+    Lightning installs its own console handler on import (before Hydra configures logging), so its
+    messages never reach train.log; routed through the root logger they reach Hydra's handlers
+    (the console and the run's log file).
+    """
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if logging.getLogger().handlers:
+            logger.handlers.clear()
+            logger.propagate = True
+        logging.getLogger(f"{name}.utilities.rank_zero").addFilter(_DropNoise())
+    # Lightning 2.6 on torch ≥ 2.10 uses a deprecated pytree check; harmless, and nothing a user can change.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")

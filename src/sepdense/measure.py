@@ -7,6 +7,7 @@ through these functions, so a figure means the same wherever it is shown.
 from __future__ import annotations
 
 import contextlib
+import logging
 import platform
 import resource
 import subprocess
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 PACKAGES = ("sepdense", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "omegaconf", "numpy")
@@ -66,8 +66,12 @@ def time_ms(
     steps of seconds). CUDA is synchronised around the timed calls; ``threads`` defaults to torch's
     current count (training's).
     """
-    fn()
+    # torch.utils.benchmark imports cpp_extension, which warns "No CUDA runtime is found" on any machine without one.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils.benchmark import Timer
+
     timer = Timer("fn()", globals={"fn": fn}, num_threads=threads or torch.get_num_threads())
+    timer.timeit(1)  # warm-up (allocator, kernel selection), with the same thread count as the timed calls
     if runs:
         return 1000 * timer.timeit(runs).mean
     return 1000 * timer.blocked_autorange(min_run_time=min_run_time).median

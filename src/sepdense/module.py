@@ -1,38 +1,24 @@
-"""The LightningModule: cross-entropy training of any image classifier, with torchmetrics per stage."""
+"""The LightningModule: cross-entropy training of any image classifier, with metrics per stage."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+import hydra
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassPrecision,
-    MulticlassRecall,
-)
 
-from sepdense.errors import UserError
+from sepdense.errors import ConfigError, UserError
+from sepdense.metrics import NEVER, ClassificationStats
 from sepdense.optim import param_groups
-from sepdense.runtime import prepare_network, to_layout
+from sepdense.runtime import GraphedStep, check_compile_mode, prepare_network, to_layout
 
+log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
-
-
-def summary_metrics(num_classes: int, average: str) -> MetricCollection:
-    """Accuracy (over all images) and precision, recall and F1 averaged as ``average`` ('macro' or 'none')."""
-    metrics = {
-        "precision": MulticlassPrecision(num_classes, average=average),
-        "recall": MulticlassRecall(num_classes, average=average),
-        "f1": MulticlassF1Score(num_classes, average=average),
-    }
-    if average != "none":
-        metrics["acc"] = MulticlassAccuracy(num_classes, average="micro")
-    return MetricCollection(metrics)
+SUMMARY = ("loss", "acc", "precision", "recall", "f1")
 
 
 class NonFiniteLossError(UserError):
@@ -40,96 +26,179 @@ class NonFiniteLossError(UserError):
 
 
 class ImageClassifier(pl.LightningModule):
-    """Wraps ``net`` with a (label-smoothed) cross-entropy loss, the optimizer, the LR schedule and the metrics.
+    """Wraps a network with a (label-smoothed) cross-entropy loss, the optimizer, the LR schedule and the metrics.
 
-    Logged per stage (``train/``, ``val/``, ``test/``): loss, acc, macro precision / recall / f1;
-    for val and test also per-class precision / recall / f1 (``val/f1/cat``) and the confusion
-    matrix (kept in ``self.confusion`` and drawn to TensorBoard).
+    Logged per stage (``train/``, ``val/``, ``test/``) once per epoch: loss, acc, macro precision /
+    recall / f1; for val and test also per-class precision / recall / f1 (``val/f1/cat``), and the
+    confusion matrix is kept in ``self.confusion``. Nothing is read back from the device during
+    an epoch except at the logging interval (``trainer.log_every_n_steps``), where a non-finite
+    loss stops training before a checkpoint can store it.
+
+    ``net`` is a network, or its config (a ``_target_`` mapping, as in ``conf/model``); given as a
+    config it is saved in checkpoints, so ``ImageClassifier.load_from_checkpoint(path)`` rebuilds
+    the whole model. ``cuda_graph`` replays forward and backward of each training step from one
+    CUDA graph (see ``runtime.GraphedStep``).
     """
 
     def __init__(
         self,
-        net: nn.Module,
-        optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None,
+        net: nn.Module | Mapping[str, Any],
         class_names: Sequence[str],
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        compile: str | bool | None = False,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
-        self.net = net
+        ignore = ["optimizer", "scheduler", *(["net"] if isinstance(net, nn.Module) else [])]
+        self.save_hyperparameters(logger=False, ignore=ignore)
+        if cuda_graph and check_compile_mode(compile) is not None:
+            raise ConfigError(
+                f"module.cuda_graph=true and module.compile={compile} both take over the training step; "
+                f"choose one (module.compile=reduce-overhead also replays CUDA graphs)."
+            )
+        if not isinstance(net, nn.Module):
+            net = hydra.utils.instantiate(dict(net))
+        self.net = prepare_network(net, channels_last, compile)
+        self.channels_last = channels_last
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.channels_last = channels_last
-        self.net = prepare_network(net, channels_last)
-        num_classes = len(self.class_names)
-        # One set of metric objects per stage, so Lightning computes and resets each at its own epoch end
-        # (nn.ModuleDict cannot be keyed 'train': that name is nn.Module.train).
         for stage in STAGES:
-            setattr(self, f"{stage}_metrics", summary_metrics(num_classes, "macro").clone(prefix=f"{stage}/"))
-            setattr(self, f"{stage}_loss", MeanMetric())
-        for stage in ("val", "test"):
-            setattr(self, f"{stage}_per_class", summary_metrics(num_classes, "none"))
-            setattr(self, f"{stage}_confusion", MulticlassConfusionMatrix(num_classes))
+            # One metric object per stage, so each stage resets and reduces its own
+            # (nn.Module cannot hold an attribute named 'train': that name is nn.Module.train).
+            setattr(self, f"{stage}_stats", ClassificationStats(len(self.class_names)))
         self.confusion: dict[str, Tensor] = {}
+        self.predictions: dict[str, Tensor] = {}
+        self._test_outputs: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.cuda_graph = cuda_graph
+        self.automatic_optimization = not cuda_graph  # the graphed step runs the optimizer itself
+        self._graphed_step: GraphedStep | None = None
+        self._last_loss = torch.zeros(())
 
     def forward(self, images: Tensor) -> Tensor:
         return self.net(to_layout(images, self.channels_last))
 
-    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
-        images, labels = batch
+    def loss_and_logits(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         logits = self(images)
-        loss = self.criterion(logits, labels)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"The {stage} loss became {loss.item()} at epoch {self.current_epoch}, step {self.global_step}. "
-                f"Lower the learning rate (optimizer.lr) or use trainer.precision=32-true; "
-                f"checkpoints already saved are kept."
-            )
-        preds = logits.detach().argmax(1)
-        mean_loss, metrics = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_metrics")
-        mean_loss.update(loss.detach(), weight=len(labels))
-        metrics.update(preds, labels)
-        self.log(f"{stage}/loss", mean_loss, on_step=False, on_epoch=True, prog_bar=stage != "test")
-        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
-        if stage != "train":
-            getattr(self, f"{stage}_per_class").update(preds, labels)
-            getattr(self, f"{stage}_confusion").update(preds, labels)
-        return loss
+        return self.criterion(logits, labels), logits
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._shared_step(batch, "train")
-        # The per-step value is for the progress bar and the step curve; the epoch mean comes from the metric.
-        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
-        return loss
+    # Training
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def training_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> Tensor | None:
+        images, labels = batch[0], batch[1]
+        if self.cuda_graph:
+            loss, logits = self._graph_step(images, labels)
+        else:
+            loss, logits = self.loss_and_logits(images, labels)
+        self.train_stats.update(logits.detach(), labels, loss.detach(), self.global_step)
+        self._last_loss = loss.detach()
+        return None if self.cuda_graph else loss
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def _graph_step(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        if self._graphed_step is None:
+            if self.trainer.world_size > 1:
+                raise ConfigError("module.cuda_graph=true runs on one device; use it without trainer=ddp.")
+            self._graphed_step = GraphedStep(self.loss_and_logits, list(self.net.parameters()))
+        loss, logits = self._graphed_step(images, labels)
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        optimizer.step()  # through Lightning, which counts the step (global_step, checkpoints, logging)
+        if scheduler is not None:
+            scheduler.step()
+        return loss, logits
 
-    def _log_per_class(self, stage: str) -> None:
-        per_class, confusion = getattr(self, f"{stage}_per_class"), getattr(self, f"{stage}_confusion")
-        if not self.trainer.sanity_checking:
-            # compute() syncs across DDP ranks, so every rank logs the same whole-split values.
-            for name, values in per_class.compute().items():
-                for class_name, value in zip(self.class_names, values, strict=True):
-                    self.log(f"{stage}/{name}/{class_name}", value)
-            self.confusion[stage] = confusion.compute().cpu()
-        per_class.reset()
-        confusion.reset()
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """At the logging interval and on the epoch's last batch: the only reads from the device in an epoch.
+
+        Runs after the optimizer step, so ``global_step`` counts this batch: a non-finite loss stops
+        training here, before validation and before a checkpoint could store its weights.
+        """
+        last = batch_idx + 1 >= self.trainer.num_training_batches
+        if last or self.global_step % self.trainer.log_every_n_steps == 0:
+            self._raise_if_not_finite("train")
+            value = self._last_loss.item()
+            self.log("train/loss_step", value, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=1)
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss_step": value}, step=self.global_step)
+        if last:
+            # Logged on the last batch rather than at epoch end, so that callbacks' epoch-end hooks see them.
+            self._log_stats("train")
+
+    # Evaluation
+
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        logits = self._eval_step(batch, "test")
+        index, labels = batch[2], batch[1]  # index: the image's position in the test split as the source stores it
+        self._test_outputs.append((index, labels, logits.float()))
+
+    def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
+        images, labels = batch[0], batch[1]
+        loss, logits = self.loss_and_logits(images, labels)
+        getattr(self, f"{stage}_stats").update(logits, labels, loss, self.global_step)
+        return logits
 
     def on_validation_epoch_end(self) -> None:
-        self._log_per_class("val")
+        if self.trainer.sanity_checking:
+            self.val_stats.reset()
+            return
+        self._raise_if_not_finite("val")
+        self._log_stats("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
 
     def on_test_epoch_end(self) -> None:
-        self._log_per_class("test")
+        self._raise_if_not_finite("test")
+        self._log_stats("test")
+        parts = [torch.cat(p).cpu() for p in zip(*self._test_outputs, strict=True)]
+        if self.trainer.world_size > 1:  # every rank tested its own shard: gather them all
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, parts)
+            parts = [torch.cat(p) for p in zip(*gathered, strict=True)]
+        order = parts[0].argsort()
+        self.predictions = {name: p[order] for name, p in zip(("index", "label", "logits"), parts, strict=True)}
+        self._test_outputs = []
+
+    # Metrics
+
+    def _raise_if_not_finite(self, stage: str) -> None:
+        step = int(getattr(self, f"{stage}_stats").nonfinite_step)
+        if step == NEVER:
+            return
+        precision = str(self.trainer.precision)
+        advice = "Lower the learning rate (optimizer.lr)" + (
+            "" if precision.startswith("32") else " or train in full precision (trainer.precision=32-true)"
+        )
+        raise NonFiniteLossError(
+            f"The {stage} loss became NaN or infinite at epoch {self.current_epoch}, step {step}. "
+            f"{advice}; checkpoints already saved are kept."
+        )
+
+    def _log_stats(self, stage: str) -> None:
+        stats_metric: ClassificationStats = getattr(self, f"{stage}_stats")
+        stats = {k: v.cpu() for k, v in stats_metric.compute().items()}  # one read per epoch
+        values = {f"{stage}/{k}": float(stats[k]) for k in SUMMARY}
+        if stage != "train":
+            for name in ("precision", "recall", "f1"):
+                for class_name, value in zip(self.class_names, stats[f"{name}_per_class"].tolist(), strict=True):
+                    if value == value:  # NaN: the class has no image in this subset, so it is left out
+                        values[f"{stage}/{name}/{class_name}"] = value
+            self.confusion[stage] = stats["confusion"]
+        prog_bar = {f"{stage}/loss", f"{stage}/acc"} if stage != "test" else set()
+        for name, value in values.items():
+            self.log(name, value, on_step=False, on_epoch=True, prog_bar=name in prog_bar, batch_size=1)
+        stats_metric.reset()
 
     def configure_optimizers(self) -> dict:
-        optimizer = self.optimizer_factory(param_groups(self.net))
+        if self.optimizer_factory is None:
+            raise ConfigError("This model was built without an optimizer (e.g. loaded to evaluate); it cannot train.")
+        extra = {"fused": True} if self.cuda_graph else {}  # fused: one kernel for the whole update
+        optimizer = self.optimizer_factory(param_groups(self.net), **extra)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer, total_steps=int(self.trainer.estimated_stepping_batches))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,18 +12,32 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
 
 from sepdense.callbacks import SummaryCallback
+from sepdense.cli import find_user_error, quiet_libraries
 from sepdense.errors import ConfigError
 from sepdense.module import ImageClassifier
-from sepdense.runs import is_run_dir, last_checkpoint, write_confusion, write_environment, write_metrics
+from sepdense.runs import (
+    has_results,
+    is_run_dir,
+    last_checkpoint,
+    write_confusion,
+    write_environment,
+    write_metrics,
+    write_predictions,
+)
 
 log = logging.getLogger(__name__)
-# Final numbers shown in TensorBoard's HPARAMS tab beside the config (prefixed hp/ so they do not
-# collide with the per-epoch curves of the same metrics).
-HPARAM_METRICS = ("test/acc", "test/f1", "val/acc", "model/params", "model/macs", "time/train_images_per_s")
+# TensorBoard's HPARAMS tab: these columns first (what tells runs apart), then the model's measured
+# size, then the rest of the config. Its metrics are the final values of curves already logged.
+HPARAMS_FIRST = ("model.conv", "seed", "model.block_config", "model.growth_rate", "data.batch_size", "optimizer.lr",
+                 "optimizer.weight_decay", "trainer.max_epochs", "trainer.precision")  # fmt: skip
+HPARAMS_MEASURED = ("model/params", "model/macs", "model/latency_b1_ms", "time/fit_s")
+HPARAMS_METRICS = ("test/acc", "test/f1", "val/acc", "time/train_images_per_s")
+HPARAMS_SKIPPED = ("_target_", "paths.", "callbacks.", "logger.", "trainer.default_root_dir")
 
 
 def resolve_precision(precision: str | int) -> str | int:
@@ -31,13 +47,13 @@ def resolve_precision(precision: str | int) -> str | int:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def instantiate_all(group: DictConfig | None) -> list[Any]:
+def config_nodes(group: DictConfig | None) -> list[DictConfig]:
     """Every ``_target_`` node directly under a config group (callbacks, loggers), in config order."""
-    if not group:
-        return []
-    return [
-        hydra.utils.instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node
-    ]
+    return [node for node in (group or {}).values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    return [hydra.utils.instantiate(node) for node in config_nodes(group)]
 
 
 def scalars(values: dict[str, Any]) -> dict[str, float]:
@@ -45,12 +61,12 @@ def scalars(values: dict[str, Any]) -> dict[str, float]:
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested config to 'a/b/c' keys with TensorBoard-friendly values (lists become strings)."""
+    """Nested config to 'a.b.c' keys (as on the command line) with TensorBoard-friendly values."""
     flat: dict[str, Any] = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}/"))
+            flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
     return flat
@@ -75,31 +91,77 @@ def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     return None
 
 
+def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
+    """The configured loggers; resuming, TensorBoard hides what the interrupted run logged after the checkpoint."""
+    loggers = []
+    for node in config_nodes(cfg.get("logger")):
+        kwargs = {}
+        if ckpt_path and node._target_.endswith("TensorBoardLogger"):
+            # The steps between the checkpoint and the crash are trained again; without purge_step they
+            # would show twice. Events at steps up to the checkpoint's (its last epoch's metrics) stay.
+            kwargs["purge_step"] = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"] + 1
+        loggers.append(hydra.utils.instantiate(node, **kwargs))
+    return loggers
+
+
+def write_hparams(logger: TensorBoardLogger, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """The HPARAMS tab: one row per run, its deciding config values first, final metrics beside them."""
+    config = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
+              if not any(k.startswith(s) or k.endswith(s) for s in HPARAMS_SKIPPED)}  # fmt: skip
+    measured = {k.replace("/", "."): metrics[k] for k in HPARAMS_MEASURED if k in metrics}
+    ordered = {k: config.pop(k) for k in HPARAMS_FIRST if k in config} | measured | config
+    ordered = {k: v if v is not None else "null" for k, v in ordered.items()}
+    # Written directly (not through logger.log_hyperparams): that would log each metric again as a
+    # one-point curve at step 0. The HPARAMS tab reads the metrics' last values from their curves.
+    for summary in hparams(ordered, {k: metrics.get(k, 0.0) for k in HPARAMS_METRICS}):
+        logger.experiment._get_file_writer().add_summary(summary)  # reopens the writer that test() closed
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model of ``cfg``, test its best checkpoint, save and return the final metrics."""
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
+    quiet_libraries()
     output_dir = Path(cfg.paths.output_dir)
+    try:
+        return _train(cfg, output_dir)
+    except Exception as err:
+        # A mistake found before anything was saved leaves no empty run directory behind.
+        if find_user_error(err) is not None and not has_results(output_dir):
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_environment(output_dir)
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    net = hydra.utils.instantiate(cfg.model, num_classes=datamodule.num_classes)
+    net_config = {**OmegaConf.to_container(cfg.model, resolve=True), "num_classes": datamodule.num_classes}
     scheduler = hydra.utils.instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     module = ImageClassifier(
-        net=net,
+        net=net_config,
+        class_names=datamodule.class_names,
         optimizer=hydra.utils.instantiate(cfg.optimizer),
         scheduler=scheduler,
-        class_names=datamodule.class_names,
         **cfg.module,
     )
     callbacks = instantiate_all(cfg.get("callbacks"))
-    loggers = instantiate_all(cfg.get("logger"))
+    # A progress bar is for a terminal; written to a file (nohup, SLURM) only its last frame survives,
+    # and the per-epoch lines of EpochLog say what it would have.
+    show_progress = sys.stdout.isatty() and any(isinstance(c, ProgressBar) for c in callbacks)
+    callbacks = [c for c in callbacks if show_progress or not isinstance(c, ProgressBar)]
+    ckpt_path = checkpoint_to_resume(cfg, output_dir)
+    loggers = build_loggers(cfg, ckpt_path)
     trainer: pl.Trainer = hydra.utils.instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=resolve_precision(cfg.trainer.precision)
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        precision=resolve_precision(cfg.trainer.precision),
+        enable_progress_bar=show_progress,
     )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, output_dir))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = scalars(trainer.callback_metrics)  # the last epoch's train and val metrics
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
@@ -108,7 +170,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", True):
         if best is None:
             log.warning("No best checkpoint was saved; testing the weights at the end of training.")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best)
+        trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics.update(scalars(trainer.callback_metrics))
     for callback in callbacks:
         if isinstance(callback, SummaryCallback):
@@ -118,9 +180,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_metrics(output_dir, metrics)
         if "test" in module.confusion:
             write_confusion(output_dir, module.class_names, module.confusion["test"].tolist())
+            write_predictions(output_dir, module.predictions, module.class_names)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                finals = {f"hp/{k.replace('/', '_')}": metrics[k] for k in HPARAM_METRICS if k in metrics}
-                logger.log_hyperparams(flatten(OmegaConf.to_container(cfg, resolve=True)), metrics=finals)
+                write_hparams(logger, cfg, metrics)
                 logger.finalize("success")
     return metrics

@@ -20,6 +20,13 @@ from sepdense.tables import format_value, markdown_table
 
 log = logging.getLogger(__name__)
 LEVELS = ("layer", "model", "data")
+COMPARISON_COLUMNS = """
+Columns: each ratio is the conv type's figure divided by the baseline's in the same setting (below 1:
+fewer parameters or MACs, lower latency; above 1 for images/s: faster). `share_of_mac_saving_realised`
+= (1 − training-step time ratio) / (1 − MAC ratio): 1 when training time falls in proportion to the
+MACs saved, 0 when it does not fall at all, negative when the conv type trains slower. `channels_last`:
+NHWC memory layout (True) or PyTorch's default NCHW (False).
+"""
 
 
 def summary_line(summary: dict) -> str:
@@ -65,7 +72,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
         results["levels"]["model"], results["levels"]["model_comparison"] = rows, comparison
         plot_model_costs(rows, out_dir / "model_costs.png")
         tables[f"Model level: train batch {p.train_batch}, inference batch {p.inference_batch}"] = markdown_table(rows)
-        tables["Model level: each conv type ÷ the baseline"] = markdown_table(comparison)
+        tables["Model level: each conv type ÷ the baseline"] = markdown_table(comparison) + COMPARISON_COLUMNS
 
     if "data" in cfg.levels:
         p = cfg.data_level

@@ -2,7 +2,8 @@
 
 from sepdense.callbacks.base import SummaryCallback
 from sepdense.callbacks.confusion import ConfusionMatrixFigure
+from sepdense.callbacks.epoch_log import EpochLog
 from sepdense.callbacks.model_cost import ModelCost
 from sepdense.callbacks.timing import Timing
 
-__all__ = ["ConfusionMatrixFigure", "ModelCost", "SummaryCallback", "Timing"]
+__all__ = ["ConfusionMatrixFigure", "EpochLog", "ModelCost", "SummaryCallback", "Timing"]

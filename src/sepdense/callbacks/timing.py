@@ -14,7 +14,8 @@ from sepdense.measure import peak_memory_mb, reset_peak_memory
 
 class Timing(SummaryCallback):
     """Logs ``time/train_epoch_s``, ``time/val_epoch_s``, ``time/train_images_per_s``, ``time/step_ms`` and
-    ``memory/peak_mb`` every epoch, and ``time/fit_s`` at the end (the last values are its ``summary()``).
+    ``memory/peak_mb`` every epoch; ``time/fit_s`` at the end goes only into its ``summary()``, with the last
+    epoch's values.
 
     Train time runs from the epoch start to the start of that epoch's validation (Lightning
     validates inside the training epoch), so it excludes validation. On GPU the clock reads
@@ -68,9 +69,8 @@ class Timing(SummaryCallback):
         self._log(pl_module, values)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # One number per run: it goes to metrics.json and the HPARAMS tab, not to a one-point curve.
         self.final["time/fit_s"] = self._now(trainer) - self._fit_start
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({"time/fit_s": self.final["time/fit_s"]}, step=trainer.global_step)
 
     def _log(self, pl_module: pl.LightningModule, values: dict[str, float]) -> None:
         self.final.update(values)

@@ -64,6 +64,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.crop_padding, self.horizontal_flip, self.cutout = crop_padding, horizontal_flip, cutout
         self.mean, self.std = tuple(mean), tuple(std)
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self.source_index: dict[str, Tensor] = {}
         # Augmentation draws from its own generator, saved in checkpoints (state_dict), so a resumed
         # run augments exactly as an uninterrupted one would.
         self.generator: torch.Generator | None = None
@@ -97,12 +98,21 @@ class CIFAR10DataModule(pl.LightningDataModule):
                 f"Use a smaller data.val_size."
             )
         train_idx, val_idx = stratified_split(arrays.train_labels, self.val_size, self.split_seed)
-        as_tensors = lambda images, labels: (torch.from_numpy(images), torch.from_numpy(labels))  # noqa: E731
+        # Evaluation runs in a fixed, seeded, class-mixed order whatever order the source stores its files
+        # in (an image folder is sorted by class), so a shortened evaluation (limit_val/test_batches) is a
+        # fair sample of every class. The full split still counts each image once.
+        rng = np.random.default_rng(self.split_seed)
+        test_idx = rng.permutation(len(arrays.test_labels))
+        val_idx = rng.permutation(val_idx)
+        sources = {"train": (arrays.train_images, arrays.train_labels, train_idx),
+                   "val": (arrays.train_images, arrays.train_labels, val_idx),
+                   "test": (arrays.test_images, arrays.test_labels, test_idx)}  # fmt: skip
         self.splits = {
-            "train": as_tensors(arrays.train_images[train_idx], arrays.train_labels[train_idx]),
-            "val": as_tensors(arrays.train_images[val_idx], arrays.train_labels[val_idx]),
-            "test": as_tensors(arrays.test_images, arrays.test_labels),
+            split: (torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]))
+            for split, (images, labels, idx) in sources.items()
         }
+        # Position of each image in the source's own split (train and val: its training set).
+        self.source_index = {split: torch.from_numpy(idx) for split, (_, _, idx) in sources.items()}
         if len(train_idx) < self.batch_size:
             raise ConfigError(
                 f"data.batch_size={self.batch_size} is larger than the training split ({len(train_idx)} images), "
@@ -121,7 +131,8 @@ class CIFAR10DataModule(pl.LightningDataModule):
             rank, world_size = self.trainer.global_rank, self.trainer.world_size
         sampler = ShardedEpochSampler(len(labels), train, self.shuffle_seed, rank, world_size, pad=train)
         batch_size = self.batch_size if train else self.eval_batch_size
-        return InMemoryLoader(images.to(device), labels.to(device), batch_size, sampler, drop_last=train)
+        index = self.source_index[split].to(device)
+        return InMemoryLoader(images.to(device), labels.to(device), batch_size, sampler, drop_last=train, index=index)
 
     def train_dataloader(self) -> InMemoryLoader:
         return self._loader("train", train=True)
@@ -155,10 +166,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.generator = None
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels = batch
+        images, *rest = batch
         training = self.trainer is not None and self.trainer.training
         images = self.augment(images) if training else normalize(images, self.mean, self.std)
-        return images, labels
+        return images, *rest
 
 
 def _check_arrays(arrays: SplitArrays, num_classes: int) -> None:

@@ -51,7 +51,10 @@ class ShardedEpochSampler:
 
 
 class InMemoryLoader:
-    """Iterates (images, labels) batches of ``batch_size`` from tensors in the order of ``sampler``.
+    """Iterates (images, labels, index) batches of ``batch_size`` from tensors in the order of ``sampler``.
+
+    ``index`` says which image of the source's split each one is, so per-image results (e.g. test
+    predictions) can be paired across runs whatever the order or sharding.
 
     Like a DataLoader it exposes ``sampler`` (Lightning calls its ``set_epoch``) and
     ``batch_sampler`` (None: batching is done here), the attributes Lightning inspects.
@@ -60,17 +63,24 @@ class InMemoryLoader:
     batch_sampler = None
 
     def __init__(
-        self, images: Tensor, labels: Tensor, batch_size: int, sampler: ShardedEpochSampler, drop_last: bool
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        sampler: ShardedEpochSampler,
+        drop_last: bool,
+        index: Tensor | None = None,
     ) -> None:
         self.images, self.labels = images, labels
+        self.index = index if index is not None else torch.arange(len(labels), device=labels.device)
         self.batch_size, self.sampler, self.drop_last = batch_size, sampler, drop_last
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         indices = self.sampler.indices().to(self.images.device)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             batch = indices[start : start + self.batch_size]
-            yield self.images[batch], self.labels[batch]
+            yield self.images[batch], self.labels[batch], self.index[batch]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 import numpy as np
 
 from sepdense.models import ordered_conv_types
@@ -33,6 +36,27 @@ def by_conv(runs: list[Run]) -> dict[str, list[Run]]:
         if run.complete:
             groups.setdefault(run.conv, []).append(run)
     return {conv: groups[conv] for conv in ordered_conv_types(groups) if conv in groups}
+
+
+Cell = tuple[str, str]  # (conv type, network setting such as "growth_rate=12"; "" when only one)
+
+
+def by_cell(groups: dict[str, list[Run]], label: Callable[[Run], str]) -> dict[Cell, list[Run]]:
+    """The runs of each (conv type, setting), conv types in registry order, settings in natural order (6 < 12)."""
+    cells: dict[Cell, list[Run]] = {}
+    for conv, runs in groups.items():
+        for run in sorted(runs, key=lambda r: natural_key(label(r))):
+            cells.setdefault((conv, label(run)), []).append(run)
+    return cells
+
+
+def natural_key(text: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def cell_name(key: Cell) -> str:
+    conv, setting = key
+    return f"{conv} ({setting})" if setting else conv
 
 
 def aggregate(runs: list[Run], keys: list[str]) -> Stats:

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
-from sepdense.report.aggregate import EFFICIENCY, QUALITY, aggregate, by_conv, cell
+from sepdense.models import BASELINE_CONV
+from sepdense.report.aggregate import EFFICIENCY, QUALITY, Cell, aggregate, by_cell, by_conv, cell, cell_name
 from sepdense.report.figures import plot_confusion, plot_conv_curves, plot_run_curves, plot_tradeoff
 from sepdense.report.findings import findings
+from sepdense.report.significance import Comparison, PairingError, compare, describe
+from sepdense.report.tradeoff import COSTS, Point, ahead_at_equal_cost, points, setting_label, varying_settings
 from sepdense.runs import REPORT_DIR, Run, find_run_dirs, load_run
 from sepdense.tables import format_value, markdown_table, write_csv, write_json
 
+HOW_TO_READ = (
+    "How to read this: a difference is *significant at 5%* when chance alone would produce one at least "
+    "as large less than 5% of the time. With one seed per conv type that is McNemar's exact test on the "
+    "images exactly one of the two runs gets right, which covers the sampling of test images only; with "
+    "several seeds it is a paired t-test over seeds, which also covers the variation between trainings."
+)
 
-def draw_figures(runs: list[Run], groups: dict[str, list[Run]], out: Path) -> list[tuple[str, str]]:
+
+def draw_figures(
+    runs: list[Run], groups: dict[str, list[Run]], conv_points: dict[str, list[Point]], out: Path
+) -> list[tuple[str, str]]:
     """Every figure of the report; returns (file, caption) of those shown in report.md."""
     for run in runs:
         if run.curves:
@@ -19,14 +32,45 @@ def draw_figures(runs: list[Run], groups: dict[str, list[Run]], out: Path) -> li
     figures = []
     if groups:
         plot_conv_curves(groups, out / "curves_by_conv.png")
-        plot_tradeoff(runs, out / "tradeoff.png")
-        figures += [("curves_by_conv.png", "Learning curves per conv type"), ("tradeoff.png", "Accuracy against cost")]
+        plot_tradeoff(conv_points, out / "tradeoff.png")
+        figures += [("curves_by_conv.png", "Learning curves per conv type"),
+                    ("tradeoff.png", "Accuracy against cost, with each conv type's Pareto front")]  # fmt: skip
     for conv, rs in groups.items():
         best = max(rs, key=lambda r: r.metrics.get("test/acc", -1))
         if best.confusion is not None:
             plot_confusion(best, out / f"confusion_{conv}.png")
             figures.append((f"confusion_{conv}.png", f"Test confusion matrix of the best {conv} run, {best.name}"))
     return figures
+
+
+def significance(cells: dict[Cell, list[Run]]) -> tuple[list[Comparison], list[str]]:
+    """Each conv type against the baseline at each setting, paired by seed; and why any could not be paired."""
+    comparisons, problems = [], []
+    for (conv, setting), runs in cells.items():
+        if conv == BASELINE_CONV:
+            continue
+        baseline = cells.get((BASELINE_CONV, setting), [])
+        try:
+            if not baseline:
+                raise PairingError(f"no {BASELINE_CONV} run{setting and f' at {setting}'} to compare {conv} with.")
+            comparisons.append(compare(baseline, runs, setting))
+        except PairingError as err:
+            problems.append(str(err))
+    return comparisons, problems
+
+
+def equal_cost(conv_points: dict[str, list[Point]]) -> list[str]:
+    """Sentences on which conv type is ahead at equal MACs and at equal measured training time."""
+    if BASELINE_CONV not in conv_points:
+        return []
+    sentences = []
+    for conv, ps in conv_points.items():
+        if conv != BASELINE_CONV:
+            for cost in ("model/macs", "time/fit_s"):
+                sentence = ahead_at_equal_cost(ps, conv_points[BASELINE_CONV], cost)
+                if sentence:
+                    sentences.append(sentence)
+    return sentences
 
 
 def write_report(root: Path) -> Path:
@@ -38,37 +82,57 @@ def write_report(root: Path) -> Path:
     (out / "curves").mkdir(parents=True, exist_ok=True)
     runs = [load_run(p, root) for p in find_run_dirs(root)]
     groups = by_conv(runs)
+    keys = varying_settings([r for rs in groups.values() for r in rs])
+    cells = by_cell(groups, lambda run: setting_label(run, keys))
     class_names = next((r.class_names for r in runs if r.class_names), [])
     per_class_keys = [f"test/f1/{c}" for c in class_names]
     efficiency_keys = [key for key, *_ in EFFICIENCY]
-    stats = {conv: aggregate(rs, [*QUALITY, *per_class_keys, *efficiency_keys]) for conv, rs in groups.items()}
-    figures = draw_figures(runs, groups, out)
+    stats = {key: aggregate(rs, [*QUALITY, *per_class_keys, *efficiency_keys]) for key, rs in cells.items()}
+    conv_points = points(groups, keys)
+    comparisons, problems = significance(cells)
+    cost_sentences = equal_cost(conv_points)
+    figures = draw_figures(runs, groups, conv_points, out)
 
-    run_rows = [{"run": r.name, "conv": r.conv, "seed": r.seed, "status": r.status,
+    run_rows = [{"run": r.name, "conv": r.conv, "seed": r.seed, "setting": setting_label(r, keys), "status": r.status,
                  **{k: r.metrics.get(k) for k in [*QUALITY, *efficiency_keys]}} for r in runs]  # fmt: skip
     write_csv(out / "summary.csv", run_rows)
-    paragraph = findings(stats)
-    write_json(out / "summary.json", {"runs": run_rows, "by_conv": stats, "findings": paragraph})
-    (out / "report.md").write_text(report_markdown(root, runs, groups, stats, class_names, figures, paragraph))
+    paragraphs = [findings(stats), " ".join(describe(c) for c in comparisons), " ".join(cost_sentences)]
+    paragraph = "\n\n".join(p for p in paragraphs if p)
+    write_json(out / "summary.json", {
+        "runs": run_rows,
+        "by_conv": {cell_name(key): s for key, s in stats.items()},
+        "significance": [{"conv": c.conv, "baseline": c.baseline, "setting": c.setting, "significant": c.significant,
+                          "pairs": [asdict(p) for p in c.pairs], "t_test": c.t_test()} for c in comparisons],
+        "unpaired": problems,
+        "equal_cost": cost_sentences,
+        "findings": paragraph,
+    })  # fmt: skip
+    significance_lines = [f"- {describe(c)}" for c in comparisons] + [f"- Not compared: {p}" for p in problems]
+    (out / "report.md").write_text(
+        report_markdown(root, runs, cells, stats, class_names, figures, paragraph, significance_lines, keys)
+    )
     return out
 
 
 def report_markdown(
     root: Path,
     runs: list[Run],
-    groups: dict[str, list[Run]],
-    stats: dict,
+    cells: dict[Cell, list[Run]],
+    stats: dict[Cell, dict],
     class_names: list[str],
     figures: list[tuple[str, str]],
     paragraph: str,
+    significance_lines: list[str],
+    keys: list[str],
 ) -> str:
-    quality = [
-        {"conv": conv, "runs": len(groups[conv]), **{f"{k.split('/')[1]} (%)": cell(s.get(k), 100) for k in QUALITY}}
-        for conv, s in stats.items()
-    ]
-    efficiency = [{"conv": conv, **{label: cell(s.get(k), scale, digits) for k, label, scale, digits in EFFICIENCY}}
-                  for conv, s in stats.items()]  # fmt: skip
-    per_class = [{"class": c, **{conv: cell(s.get(f"test/f1/{c}"), 100) for conv, s in stats.items()}}
+    def head(key: Cell) -> dict:
+        return {"conv": key[0], **({"setting": key[1]} if keys else {})}
+
+    quality = [{**head(key), "runs": len(cells[key]), **{f"{k.split('/')[1]} (%)": cell(s.get(k), 100)
+                                                         for k in QUALITY}} for key, s in stats.items()]  # fmt: skip
+    efficiency = [{**head(key), **{label: cell(s.get(k), scale, digits) for k, label, scale, digits in EFFICIENCY}}
+                  for key, s in stats.items()]  # fmt: skip
+    per_class = [{"class": c, **{cell_name(key): cell(s.get(f"test/f1/{c}"), 100) for key, s in stats.items()}}
                  for c in class_names]  # fmt: skip
     status = [{"run": r.name, "conv": r.conv, "seed": r.seed, "status": r.status,
                "test acc (%)": format_value(100 * r.metrics["test/acc"]) if "test/acc" in r.metrics else "-"}
@@ -81,11 +145,17 @@ def report_markdown(
             f"Generated by `python -m sepdense.report {root}` from {len(runs)} run(s) "
             f"({sum(r.complete for r in runs)} complete). Accuracy figures are on the test split of the data each "
             "run was configured with (see each run's `.hydra/config.yaml`); values are mean ± std over seeds where "
-            "there are several.",
+            "there are several." + (f" Network settings that vary between runs: {', '.join(keys)}." if keys else ""),
             "",
             "## Findings",
             "",
             paragraph,
+            "",
+            "## Is the difference real?",
+            "",
+            *(significance_lines or [f"- (no conv type has runs to pair with {BASELINE_CONV} runs)"]),
+            "",
+            HOW_TO_READ,
             "",
             "## Test metrics (macro-averaged precision, recall, F1)",
             "",
@@ -93,6 +163,9 @@ def report_markdown(
             "## Efficiency (as logged by the runs)",
             "",
             markdown_table(efficiency) if efficiency else none,
+            "Latency: batch 1, eval mode, median of repeated calls after a warm-up, one thread on CPU. "
+            f"Costs compared at equal value in the findings: {', '.join(COSTS.values())}.",
+            "",
             "## Per-class test F1 (%)",
             "",
             markdown_table(per_class) if per_class else "(no per-class metrics)\n",

@@ -10,6 +10,7 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
 from sepdense.plotting import confusion_figure, conv_colors
+from sepdense.report.tradeoff import Point, pareto_front
 from sepdense.runs import Run
 
 STAGE_STYLE = {"train": {"color": "tab:blue", "marker": "o"}, "val": {"color": "tab:red", "marker": "s"}}
@@ -22,8 +23,9 @@ def _values(tag: str, values: list[float]) -> np.ndarray:
 
 
 def _epoch_axis(ax: Axes, epochs: list[int]) -> None:
-    """Whole-number epoch ticks, with room around a run of one or two epochs."""
+    """Whole-number epoch ticks, with room around a run of one or two epochs; plain numbers on the y axis."""
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.ticklabel_format(axis="y", useOffset=False)
     if epochs:
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
     ax.set_xlabel("epoch")
@@ -48,7 +50,7 @@ def plot_run_curves(run: Run, path: Path) -> None:
                 x = [e + 1 for e in epochs]
                 all_epochs.update(x)
                 ax.plot(x, _values(tag, list(values)), "-", ms=4, label=STAGE_NAME[stage], **STAGE_STYLE[stage])
-        ax.set(ylabel=METRIC_LABEL[metric], title=f"{run.name}: {metric}")
+        ax.set(ylabel=METRIC_LABEL[metric], title=f"{run.name}: {'accuracy' if metric == 'acc' else metric}")
         ax.legend()
     for ax in axes:
         _epoch_axis(ax, sorted(all_epochs))
@@ -78,7 +80,9 @@ def plot_conv_curves(groups: dict[str, list[Run]], path: Path) -> None:
                         label=f"{conv} (n={len(series)})")  # fmt: skip
                 if len(series) > 1:
                     ax.fill_between(x, values.min(0), values.max(0), color=colors[conv], alpha=0.2)
-            ax.set(ylabel=METRIC_LABEL[metric], title=f"{STAGE_NAME[stage]} {metric}")
+            ax.set(
+                ylabel=METRIC_LABEL[metric], title=f"{STAGE_NAME[stage]} {'accuracy' if metric == 'acc' else metric}"
+            )
             if ax.lines:
                 ax.legend(fontsize=8)
     for ax in axes.flat:
@@ -97,31 +101,47 @@ def time_axis(seconds: list[float]) -> tuple[float, str]:
     return 1, "s"
 
 
-def plot_tradeoff(runs: list[Run], path: Path) -> None:
-    """Test accuracy against MACs, training time and parameters: one point per run, one colour per conv type."""
-    done = [r for r in runs if r.complete and "test/acc" in r.metrics]
-    colors = conv_colors(r.conv for r in done)
-    fit_scale, fit_unit = time_axis([r.metrics.get("time/fit_s", 0) for r in done])
+def plot_tradeoff(conv_points: dict[str, list[Point]], path: Path) -> None:
+    """Test accuracy against MACs, measured training time and parameters.
+
+    Small dots are runs; large markers the mean over seeds of one conv type at one setting (labelled
+    with it when settings vary); the line joins each conv type's Pareto front (no cheaper setting of
+    that conv type is more accurate).
+    """
+    all_points = [p for ps in conv_points.values() for p in ps]
+    colors = conv_colors(conv_points)
+    fit_scale, fit_unit = time_axis([r.metrics.get("time/fit_s", 0) for p in all_points for r in p.runs])
     panels = (
         ("model/macs", 1e-6, "forward MACs per image (M)"),
-        ("time/fit_s", fit_scale, f"training time ({fit_unit})"),
+        ("time/fit_s", fit_scale, f"measured training time ({fit_unit})"),
         ("model/params", 1e-6, "parameters (M)"),
     )
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, (key, scale, label) in zip(axes, panels, strict=True):
-        for conv in dict.fromkeys(r.conv for r in done):
-            points = [
-                (r.metrics[key] * scale, 100 * r.metrics["test/acc"])
-                for r in done
-                if r.conv == conv and key in r.metrics
-            ]
-            if points:
-                ax.scatter(*zip(*points, strict=True), color=colors[conv], s=45, label=conv, edgecolor="black", lw=0.5)
+        for conv, ps in conv_points.items():
+            ps = [p for p in ps if all(key in r.metrics for r in p.runs)]
+            if not ps:
+                continue
+            runs = [(r.metrics[key] * scale, 100 * r.metrics["test/acc"]) for p in ps for r in p.runs]
+            ax.scatter(*zip(*runs, strict=True), color=colors[conv], s=12, alpha=0.5)
+            ax.scatter([p.mean(key) * scale for p in ps], [100 * p.accuracy for p in ps], color=colors[conv],
+                       s=60, edgecolor="black", lw=0.6, label=conv, zorder=3)  # fmt: skip
+            front = pareto_front(ps, key)
+            if len(front) > 1:
+                ax.plot([p.mean(key) * scale for p in front], [100 * p.accuracy for p in front], "-",
+                        color=colors[conv], lw=1.5, zorder=2)  # fmt: skip
+            for p in ps:
+                if p.setting:
+                    ax.annotate(p.setting, (p.mean(key) * scale, 100 * p.accuracy), fontsize=7,
+                                xytext=(4, 4), textcoords="offset points")  # fmt: skip
         ax.set(xlabel=label, ylabel="test accuracy (%)")
-        ax.grid(alpha=0.3)
+        costs = [x for collection in ax.collections for x, _ in collection.get_offsets()]
+        if costs and min(costs) > 0 and max(costs) / min(costs) >= 4:
+            ax.set_xscale("log")  # widths multiply the cost; accuracy is interpolated in log(cost) too
+        ax.grid(alpha=0.3, which="both")
         if ax.collections:
-            ax.legend(title="conv", fontsize=8)
-    fig.suptitle("Accuracy against cost (one point per run)")
+            ax.legend(title="conv (line: Pareto front)", fontsize=8, title_fontsize=8)
+    fig.suptitle("Accuracy against cost (large markers: mean over seeds; small dots: runs)")
     _save(fig, path)
 
 

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 from sepdense.models import BASELINE_CONV
-from sepdense.report.aggregate import Stats, cell
+from sepdense.report.aggregate import Cell, Stats, cell, cell_name
 
 RATIOS = (("model/params", "the parameters"), ("model/macs", "the MACs"),
           ("time/train_epoch_s", "the training time per epoch"), ("memory/peak_mb", "the peak memory"))  # fmt: skip
 
 
-def compare(conv: str, stats: Stats, baseline: Stats) -> str:
-    """One sentence: ``conv`` against the baseline on cost ratios and test accuracy."""
+def compare(key: Cell, stats: Stats, baseline: Stats) -> str:
+    """One sentence: a (conv type, setting) against the baseline at the same setting, on cost and accuracy."""
 
-    def mean(s: Stats, key: str) -> float | None:
-        return s.get(key, {}).get("mean")
+    def mean(s: Stats, metric: str) -> float | None:
+        return s.get(metric, {}).get("mean")
 
+    conv, setting = key
     parts = []
-    for key, what in RATIOS:
-        base, other = mean(baseline, key), mean(stats, key)
+    for metric, what in RATIOS:
+        base, other = mean(baseline, metric), mean(stats, metric)
         if base and other is not None:
             parts.append(f"{other / base:.2f}× {what}")
     acc_base, acc = baseline.get("test/acc"), stats.get("test/acc")
@@ -28,21 +29,26 @@ def compare(conv: str, stats: Stats, baseline: Stats) -> str:
             f"({100 * acc['mean']:.2f}% vs {100 * acc_base['mean']:.2f}%; means over {n} {conv} and "
             f"{n_base} {BASELINE_CONV} run{'s' if n_base > 1 else ''})"
         )
-    return f"{conv.capitalize()} compared with {BASELINE_CONV} convolutions: " + ", ".join(parts) + "."
+    where = f" at {setting}" if setting else ""
+    return f"{conv.capitalize()} compared with {BASELINE_CONV} convolutions{where}: " + ", ".join(parts) + "."
 
 
-def findings(stats_by_conv: dict[str, Stats]) -> str:
-    """One paragraph of comparisons computed from the aggregated numbers."""
-    if not stats_by_conv:
+def findings(stats: dict[Cell, Stats]) -> str:
+    """One paragraph of comparisons computed from the aggregated numbers of each (conv type, setting)."""
+    if not stats:
         return "No run has completed yet, so there are no findings."
-    if BASELINE_CONV in stats_by_conv and len(stats_by_conv) > 1:
-        baseline = stats_by_conv[BASELINE_CONV]
-        return " ".join(compare(conv, s, baseline) for conv, s in stats_by_conv.items() if conv != BASELINE_CONV)
-    names = " and ".join(stats_by_conv)
+    sentences = [
+        compare(key, s, stats[(BASELINE_CONV, key[1])])
+        for key, s in stats.items()
+        if key[0] != BASELINE_CONV and (BASELINE_CONV, key[1]) in stats
+    ]
+    if sentences:
+        return " ".join(sentences)
+    convs = list(dict.fromkeys(conv for conv, _ in stats))
     accuracies = "; ".join(
-        f"{conv}: test accuracy {cell(s.get('test/acc'), 100)}% over {s['test/acc']['n'] if 'test/acc' in s else 0} "
-        f"run(s)"
-        for conv, s in stats_by_conv.items()
+        f"{cell_name(key)}: test accuracy {cell(s.get('test/acc'), 100)}% over "
+        f"{s['test/acc']['n'] if 'test/acc' in s else 0} run(s)"
+        for key, s in stats.items()
     )
-    missing = "" if BASELINE_CONV in stats_by_conv else f" (every conv type is compared with {BASELINE_CONV} runs)"
-    return f"Only {names} runs completed, so there is no comparison yet{missing}; {accuracies}."
+    missing = "" if BASELINE_CONV in convs else f" (every conv type is compared with {BASELINE_CONV} runs)"
+    return f"Only {' and '.join(convs)} runs completed, so there is no comparison yet{missing}; {accuracies}."

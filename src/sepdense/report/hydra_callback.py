@@ -30,6 +30,8 @@ class ReportCallback(Callback):
     def _write(root: Path) -> None:
         if int(os.environ.get("LOCAL_RANK", "0")) > 0:  # DDP child processes re-run the script: one report
             return
+        if not root.is_dir():  # a run that failed before saving anything removes its directory
+            return
         try:
             print(f"[sepdense] report: {write_report(root) / 'report.md'}")
         except Exception as err:  # the runs themselves are saved; a report problem must not look like a failed run

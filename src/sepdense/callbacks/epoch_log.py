@@ -1,0 +1,92 @@
+"""A readable record of a run: one line per epoch in the run's log, and an early estimate of the run's length."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+log = logging.getLogger("sepdense")
+
+
+def duration(seconds: float) -> str:
+    """'2 h 05 min', '7 min 30 s' or '42 s'."""
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+class EpochLog(pl.Callback):
+    """Writes to the log (``train.log`` in the run directory, and the console) one line per epoch:
+    epoch, training and validation loss and accuracy, training images/s, time elapsed and left.
+
+    After the first ``estimate_after`` timed training steps (past ``warmup_steps`` that include
+    start-up costs) it also logs how long the whole run will take, so a run that would take days
+    says so in its first minute. Survives output to a file (nohup, SLURM), where a progress bar
+    would leave nothing readable.
+    """
+
+    def __init__(self, warmup_steps: int = 2, estimate_after: int = 10) -> None:
+        self.warmup_steps, self.estimate_after = warmup_steps, estimate_after
+        self._fit_start = self._epoch_start = self._timed_from = 0.0
+        self._epoch_seconds: list[float] = []
+        self._estimated = False
+
+    @staticmethod
+    def _now(trainer: pl.Trainer) -> float:
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize(trainer.strategy.root_device)
+        return time.perf_counter()
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_start = time.perf_counter()
+        self._epoch_seconds = []
+        self._estimated = False
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._estimated or not trainer.is_global_zero:
+            return
+        # Few batches per epoch (smoke runs): time what there is.
+        warmup = min(self.warmup_steps, max(0, trainer.num_training_batches - 2))
+        timed = min(self.estimate_after, trainer.num_training_batches - warmup - 1)
+        if batch_idx + 1 == warmup:
+            self._timed_from = self._now(trainer)
+        elif batch_idx + 1 == warmup + timed:
+            step_s = (self._now(trainer) - (self._timed_from or self._epoch_start)) / timed
+            steps_left = max(0, int(trainer.estimated_stepping_batches) - trainer.global_step)
+            log.info(
+                "Estimated training time: %s for %d more steps at %.3g s per step (%s epochs), plus validation. "
+                "For a shorter run: trainer.max_epochs=<n> and/or trainer.limit_train_batches=<fraction>.",
+                duration(steps_left * step_s), steps_left, step_s, trainer.max_epochs,
+            )  # fmt: skip
+            self._estimated = True
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        now = time.perf_counter()
+        self._epoch_seconds.append(now - self._epoch_start)
+        metrics = trainer.callback_metrics
+
+        def value(key: str, scale: float = 1.0, fmt: str = ".4f") -> str:
+            return format(float(metrics[key]) * scale, fmt) if key in metrics else "-"
+
+        epochs_left = max(0, (trainer.max_epochs or 0) - trainer.current_epoch - 1)
+        left = duration(epochs_left * sum(self._epoch_seconds) / len(self._epoch_seconds))
+        log.info(
+            "epoch %d/%s  train loss %s acc %s%%  val loss %s acc %s%%  %s images/s  elapsed %s  left ~%s",
+            trainer.current_epoch + 1, trainer.max_epochs, value("train/loss"), value("train/acc", 100, ".2f"),
+            value("val/loss"), value("val/acc", 100, ".2f"), value("time/train_images_per_s", fmt=",.0f"),
+            duration(now - self._fit_start), left,
+        )  # fmt: skip
