@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +66,34 @@ def compose_train_cfg(tmp_path: Path):
 
     yield _compose
     GlobalHydra.instance().clear()
+
+
+# A run of seconds through the whole pipeline (random data, tiny network, CPU), without a progress bar.
+SMOKE = ["debug=smoke", "callbacks.progress_bar=null"]
+
+
+def run_entry(script: str, *args: str, log_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``train.py``, ``benchmark.py`` or ``-m <module>`` as a user would, logging under ``log_dir``."""
+    cmd = [sys.executable, script, *args, f"paths.log_dir={log_dir}"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One smoke run of the default conv type through train.py (shared: tests only read it)."""
+    log_dir = tmp_path_factory.mktemp("smoke_run")
+    result = run_entry("train.py", *SMOKE, log_dir=log_dir)
+    (run_dir,) = (log_dir / "train" / "runs").iterdir()
+    return run_dir, result
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two conv types × two seeds of smoke runs, a real multirun (shared: tests only read it)."""
+    log_dir = tmp_path_factory.mktemp("smoke_sweep")
+    run_entry("train.py", "-m", *SMOKE, "model.conv=separable,standard", "seed=0,1", log_dir=log_dir)
+    (sweep_dir,) = (log_dir / "train" / "multiruns").iterdir()
+    return sweep_dir

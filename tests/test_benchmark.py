@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import run_entry
+from conftest import run_entry
 
 from sepdense.bench.layer import layer_row
 from sepdense.models import DenseNet

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_CIFAR10_JPEG, write_image_folder, write_official_batches
+from conftest import SHARED_CIFAR10_JPEG, run_entry, write_image_folder, write_official_batches
 from PIL import Image
-from test_train import run_entry
 
 from sepdense.data import CIFAR10_CLASSES, CIFAR10DataModule, ImageFolder, OfficialCIFAR10
 from sepdense.errors import ConfigError, DataError

@@ -9,18 +9,15 @@ import hydra
 import numpy as np
 import pytest
 import torch
-from test_train import SMOKE, run_entry
+from conftest import run_entry
 
 from sepdense.module import ImageClassifier
 from sepdense.runs import read_config, read_predictions
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    log_dir = tmp_path_factory.mktemp("logs")
-    run_entry("train.py", *SMOKE, log_dir=log_dir)
-    (run_dir,) = (log_dir / "train" / "runs").iterdir()
-    return run_dir
+@pytest.fixture
+def trained_run(smoke_run: tuple) -> Path:
+    return smoke_run[0]
 
 
 @pytest.mark.slow

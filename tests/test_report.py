@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,20 +13,16 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_train import SMOKE, run_entry
 
 from sepdense.report import write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def sweep(smoke_sweep: Path) -> Path:
     """Two conv types × two seeds, 2 epochs of a few batches of random data, through the real entry point."""
-    log_dir = tmp_path_factory.mktemp("logs")
-    run_entry("train.py", "-m", *SMOKE, "model.conv=separable,standard", "seed=0,1", log_dir=log_dir)
-    (sweep_dir,) = (log_dir / "train" / "multiruns").iterdir()
-    return sweep_dir
+    return smoke_sweep
 
 
 def logged_test_acc(run_dir: Path) -> float:
@@ -55,6 +52,11 @@ def test_multirun_ends_with_a_report(sweep: Path) -> None:
         assert stats["n"] == 2 and stats["mean"] == pytest.approx(sum(accs) / 2)
     markdown = (report / "report.md").read_text()
     assert "Separable compared with standard convolutions" in markdown
+    # Paired by seed on the same test images: the significance line, in words, with the seed count.
+    assert re.search(r"separable vs standard: [+-][\d.]+ ± [\d.]+ points over 2 seeds .*(not )?significant at 5% "
+                     r"over 2 seeds\. McNemar's p per seed: [\d.e-]+, [\d.e-]+\.", markdown)  # fmt: skip
+    assert len(summary["significance"]) == 1 and len(summary["significance"][0]["pairs"]) == 2
+    assert "Accuracy against cost, with each conv type's Pareto front" in markdown
     assert f"{100 * summary['by_conv']['separable']['test/acc']['mean']:.2f}" in markdown
     with open(report / "summary.csv") as f:
         assert len(list(csv.DictReader(f))) == 4

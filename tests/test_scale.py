@@ -8,11 +8,10 @@ from pathlib import Path
 import hydra
 import pytest
 import torch
-from conftest import CONF_DIR
+from conftest import CONF_DIR, run_entry
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
-from test_train import run_entry
 
 from sepdense.data.augment import normalize
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import hydra
@@ -13,25 +11,18 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import CONF_DIR, ROOT
+from conftest import CONF_DIR, SMOKE, run_entry
+from omegaconf import OmegaConf
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import nn
 
+from sepdense.cli import find_user_error
 from sepdense.data import CIFAR10DataModule, Synthetic
 from sepdense.data.augment import normalize
 from sepdense.module import ImageClassifier, NonFiniteLossError
-
-SMOKE = ["debug=smoke", "callbacks.progress_bar=null"]
-
-
-def run_entry(script: str, *overrides: str, log_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, script, *overrides, f"paths.log_dir={log_dir}"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if check and result.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
+from sepdense.train import train
 
 
 def scalar_tags(run_dir: Path) -> dict[str, list]:
@@ -40,11 +31,16 @@ def scalar_tags(run_dir: Path) -> dict[str, list]:
     return {tag: events.Scalars(tag) for tag in events.Tags()["scalars"]}
 
 
+@pytest.fixture(params=["single run, separable", "sweep job, standard"])
+def run_dir(request: pytest.FixtureRequest) -> Path:
+    if request.param.startswith("single"):
+        return request.getfixturevalue("smoke_run")[0]
+    return request.getfixturevalue("smoke_sweep") / "callbacks.progress_bar=null,debug=smoke,model.conv=standard,seed=0"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("conv", ["separable", "standard"])
-def test_train_entry_point(conv: str, tmp_path: Path) -> None:
-    result = run_entry("train.py", *SMOKE, f"model.conv={conv}", log_dir=tmp_path)
-    (run_dir,) = (tmp_path / "train" / "runs").iterdir()
+def test_a_run_writes_every_output(run_dir: Path) -> None:
+    conv = OmegaConf.load(run_dir / ".hydra" / "config.yaml").model.conv
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("test/acc", "test/f1", "test/precision", "test/recall", "val/acc", "train/loss", "val/acc_best"):
         assert 0 <= metrics[key] < 10, key
@@ -83,8 +79,12 @@ def test_train_entry_point(conv: str, tmp_path: Path) -> None:
     assert len(val_steps) == 2 and [s - 1 for s in val_steps] == [e.step for e in tags["val/acc"]]
     assert len(events.Images("test/confusion_matrix")) == 1
 
-    # A readable record on stderr and in train.log (stdout is not a terminal here): the estimate, then
-    # one line per epoch; and none of the libraries' noise.
+
+@pytest.mark.slow
+def test_a_run_leaves_a_readable_record(smoke_run: tuple) -> None:
+    # On stderr and in train.log (stdout is not a terminal here): the estimate, then one line per epoch;
+    # and none of the libraries' noise.
+    run_dir, result = smoke_run
     log_text = (run_dir / "train.log").read_text()
     for text in (log_text, result.stderr):
         assert "Estimated training time:" in text
@@ -95,19 +95,18 @@ def test_train_entry_point(conv: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_multirun_sweeps_both_conv_types_into_their_own_directories(tmp_path: Path) -> None:
-    run_entry("train.py", "-m", *SMOKE, "model.conv=separable,standard", log_dir=tmp_path)
-    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
-    runs = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and (p / "metrics.json").exists())
+def test_multirun_sweeps_both_conv_types_into_their_own_directories(smoke_sweep: Path) -> None:
+    runs = sorted(p for p in smoke_sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert [r.name for r in runs] == [
-        "callbacks.progress_bar=null,debug=smoke,model.conv=separable",
-        "callbacks.progress_bar=null,debug=smoke,model.conv=standard",
-    ]
+        f"callbacks.progress_bar=null,debug=smoke,model.conv={conv},seed={seed}"
+        for conv in ("separable", "standard") for seed in (0, 1)
+    ]  # fmt: skip
     params = {}
     for run in runs:
         assert list((run / "tensorboard").glob("events.out.tfevents.*"))
         assert (run / "report" / "report.md").is_file()  # each job's own report, beside the sweep's
-        params[run.name.rsplit("=", 1)[1]] = json.loads((run / "metrics.json").read_text())["model/params"]
+        conv = OmegaConf.load(run / ".hydra" / "config.yaml").model.conv
+        params[conv] = json.loads((run / "metrics.json").read_text())["model/params"]
     assert params["separable"] < params["standard"]
 
 
@@ -162,9 +161,6 @@ def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:
     ("override", "message"),
     [
         ("model.conv=depthwise", "error: model.conv='depthwise' is not a conv type; use one of: standard, separable"),
-        ("model.growth_rate=-4", "error: model.growth_rate=-4 must be a positive integer"),
-        ("model.block_config=[]", "error: model.block_config=[] must list at least one block of ≥1 layers"),
-        ("data.batch_size=5000", "error: data.batch_size=5000 is larger than the training split (768 images)"),
         ("model.no_such_key=1", "Key 'no_such_key' is not in struct"),
     ],
 )
@@ -176,6 +172,24 @@ def test_user_errors_end_in_one_clear_line(override: str, message: str, tmp_path
     assert "Traceback" not in result.stderr
     runs = tmp_path / "train" / "runs"
     assert not runs.exists() or not list(runs.iterdir()), "a run that saved nothing leaves no directory behind"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.growth_rate=-4", "model.growth_rate=-4 must be a positive integer"),
+        ("model.block_config=[]", "model.block_config=[] must list at least one block of ≥1 layers"),
+        ("data.batch_size=5000", "data.batch_size=5000 is larger than the training split (768 images)"),
+    ],
+)
+def test_config_mistakes_are_user_errors_that_name_the_key(override: str, message: str, compose_train_cfg) -> None:
+    # The same path as above (the entry point prints the UserError's message), without a process per case.
+    cfg = compose_train_cfg(*SMOKE, override)
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    error = find_user_error(info.value)
+    assert error is not None and message in str(error)
+    assert not Path(cfg.paths.output_dir).exists(), "a run that saved nothing leaves no directory behind"
 
 
 @pytest.mark.slow

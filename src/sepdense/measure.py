@@ -10,8 +10,10 @@ import contextlib
 import logging
 import platform
 import resource
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -77,16 +79,34 @@ def time_ms(
     return 1000 * timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def latency_ms(model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32), min_run_time: float = 0.5) -> float:
-    """Forward time of one input, measured as :data:`LATENCY_METHOD` says.
+def latency_ms(
+    model: nn.Module, input_shape: tuple[int, ...] = (1, 3, 32, 32), min_run_time: float = 0.5, warmup: int = 3
+) -> float:
+    """Forward time of one input, measured as :data:`LATENCY_METHOD` says: the median of single calls
+    repeated for ``min_run_time`` seconds (at least 5), after ``warmup`` calls.
 
     One thread on CPU: at batch 1 a second thread gains little, and when another process holds a
     core, two threads wait on each other and one forward can take a hundred times longer.
     """
     with eval_mode(model):
         x = torch.zeros(input_shape, device=model_device(model))
-        threads = 1 if x.device.type == "cpu" else None
-        return time_ms(lambda: model(x), min_run_time, threads)
+        threads = torch.get_num_threads()
+        if x.device.type == "cpu":
+            torch.set_num_threads(1)
+        try:
+            for _ in range(warmup):
+                model(x)
+            times: list[float] = []
+            start = time.perf_counter()
+            while len(times) < 5 or time.perf_counter() - start < min_run_time:
+                begin = time.perf_counter()
+                model(x)
+                if x.device.type == "cuda":
+                    torch.cuda.synchronize(x.device)
+                times.append(time.perf_counter() - begin)
+        finally:
+            torch.set_num_threads(threads)
+    return 1000 * statistics.median(times)
 
 
 def reset_peak_memory(device: torch.device) -> None:

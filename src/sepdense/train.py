@@ -29,6 +29,7 @@ from sepdense.runs import (
     write_metrics,
     write_predictions,
 )
+from sepdense.runtime import reuse_freed_memory
 
 log = logging.getLogger(__name__)
 # TensorBoard's HPARAMS tab: these columns first (what tells runs apart), then the model's measured
@@ -131,6 +132,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    if cfg.get("reuse_freed_memory", True) and not reuse_freed_memory():
+        log.info("reuse_freed_memory has no effect here: the C library is not glibc.")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir.mkdir(parents=True, exist_ok=True)

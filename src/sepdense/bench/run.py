@@ -14,12 +14,14 @@ from sepdense.bench.layer import benchmark_layers
 from sepdense.bench.model import benchmark_model
 from sepdense.bench.plots import plot_layer_gap, plot_model_costs
 from sepdense.bench.results import write_results
+from sepdense.bench.speed import benchmark_speed
 from sepdense.errors import ConfigError
 from sepdense.measure import environment
+from sepdense.runtime import reuse_freed_memory
 from sepdense.tables import format_value, markdown_table
 
 log = logging.getLogger(__name__)
-LEVELS = ("layer", "model", "data")
+LEVELS = ("layer", "model", "data", "speed")
 COMPARISON_COLUMNS = """
 Columns: each ratio is the conv type's figure divided by the baseline's in the same setting (below 1:
 fewer parameters or MACs, lower latency; above 1 for images/s: faster). `share_of_mac_saving_realised`
@@ -46,6 +48,8 @@ def run_benchmark(cfg: DictConfig) -> dict:
         raise ConfigError(f"levels={list(cfg.levels)} has unknown levels {unknown}; choose from {list(LEVELS)}.")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.reuse_freed_memory:
+        reuse_freed_memory()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -82,6 +86,17 @@ def run_benchmark(cfg: DictConfig) -> dict:
         rows, summary = benchmark_data(datamodule, net, p.warmup_batches, p.batches, p.baseline_workers, p.train_steps)
         results["levels"]["data"], results["summary"]["data"] = rows, summary
         tables["Data pipeline (images/s to the training step)"] = markdown_table(rows) + "\n" + summary_line(summary)
+
+    if "speed" in cfg.levels:
+        p = cfg.speed_level
+        log.info("Speed level: %s on %s, modes %s", model_kwargs, device, list(p.modes))
+        rows, comparison = benchmark_speed(
+            model_kwargs, device, p.batch, p.modes, p.compile_mode, p.channels_last, p.min_run_time, p.repeats
+        )
+        results["levels"]["speed"], results["levels"]["speed_comparison"] = rows, comparison
+        title = f"Training step, batch {p.batch}: eager, compiled ({p.compile_mode}), graphed (GPU only)"
+        tables[title] = markdown_table(rows)
+        tables["Training step: ratios"] = markdown_table(comparison)
 
     write_results(out_dir, results, tables)
     print(f"Machine: {machine_line(results['machine'])}\n")
