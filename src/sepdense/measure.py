@@ -109,6 +109,13 @@ def latency_ms(
     return 1000 * statistics.median(times)
 
 
+def synchronized_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once ``device`` has finished its queued work (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak: CUDA's allocator statistics, or on Linux the process's peak RSS (VmHWM).
 

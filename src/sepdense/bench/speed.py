@@ -122,6 +122,7 @@ def benchmark_speed(
         row["step_ms"] = statistics.median(r["step_ms"] for r in runs)
         row["images_per_s"] = batch * 1000 / row["step_ms"]
         row["processes"] = len(runs)
+        row["step_ms_range"] = f"{min(r['step_ms'] for r in runs):,.0f}–{max(r['step_ms'] for r in runs):,.0f}"
         rows.append(row)
     return rows, speed_comparison(rows)
 

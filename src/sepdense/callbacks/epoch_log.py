@@ -7,7 +7,8 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
+
+from sepdense.measure import synchronized_clock
 
 log = logging.getLogger("sepdense")
 
@@ -40,9 +41,7 @@ class EpochLog(pl.Callback):
 
     @staticmethod
     def _now(trainer: pl.Trainer) -> float:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize(trainer.strategy.root_device)
-        return time.perf_counter()
+        return synchronized_clock(trainer.strategy.root_device)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()

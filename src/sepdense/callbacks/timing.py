@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 
 from sepdense.callbacks.base import SummaryCallback
-from sepdense.measure import peak_memory_mb, reset_peak_memory
+from sepdense.measure import peak_memory_mb, reset_peak_memory, synchronized_clock
 
 
 class Timing(SummaryCallback):
@@ -30,9 +28,7 @@ class Timing(SummaryCallback):
 
     @staticmethod
     def _now(trainer: pl.Trainer) -> float:
-        if trainer.strategy.root_device.type == "cuda":
-            torch.cuda.synchronize(trainer.strategy.root_device)
-        return time.perf_counter()
+        return synchronized_clock(trainer.strategy.root_device)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         reset_peak_memory(trainer.strategy.root_device)
