@@ -78,6 +78,30 @@ def test_smoke_run_with_a_compiled_network(tmp_path: Path) -> None:
     assert not [k for k in state if "_orig_mod" in k]
 
 
+@pytest.mark.slow
+def test_a_compiled_network_computes_what_the_eager_one_does() -> None:
+    # The smoke network (as above, so torch.compile's cache from that run can serve here too).
+    torch.manual_seed(0)
+    smoke_net = {"_target_": "sepdense.models.DenseNet", "block_config": [2, 2, 2, 2]}
+    classes = [str(i) for i in range(10)]
+    eager = ImageClassifier(net=smoke_net, class_names=classes, channels_last=True)
+    compiled = ImageClassifier(net=smoke_net, class_names=classes, channels_last=True, compile="default")
+    compiled.net.load_state_dict(eager.net.state_dict())
+    images, labels = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    results = []
+    for module in (eager, compiled):
+        loss, logits = module.train().loss_and_logits(images, labels)
+        loss.backward()
+        grads = {n: p.grad for n, p in module.net.named_parameters()}
+        results.append((logits.detach(), grads, {n: b.clone() for n, b in module.net.named_buffers()}))
+    (logits, grads, buffers), (c_logits, c_grads, c_buffers) = results
+    torch.testing.assert_close(c_logits, logits, rtol=1e-4, atol=1e-4)
+    for name in grads:
+        torch.testing.assert_close(c_grads[name], grads[name], rtol=1e-3, atol=1e-4, msg=name)
+    for name in buffers:  # BatchNorm running statistics
+        torch.testing.assert_close(c_buffers[name], buffers[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_compile_and_cuda_graph_together_are_refused() -> None:
     with pytest.raises(Exception, match=r"module\.cuda_graph=true and module\.compile=default both"):
         ImageClassifier(net={**NET, "conv": "standard"}, class_names=["a"], compile="default", cuda_graph=True)

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams
 
 from sepdense.callbacks import SummaryCallback
@@ -32,13 +33,15 @@ from sepdense.runs import (
 from sepdense.runtime import reuse_freed_memory
 
 log = logging.getLogger(__name__)
-# TensorBoard's HPARAMS tab: these columns first (what tells runs apart), then the model's measured
-# size, then the rest of the config. Its metrics are the final values of curves already logged.
-HPARAMS_FIRST = ("model.conv", "seed", "model.block_config", "model.growth_rate", "data.batch_size", "optimizer.lr",
-                 "optimizer.weight_decay", "trainer.max_epochs", "trainer.precision")  # fmt: skip
+# TensorBoard's HPARAMS tab: the values that tell runs apart and the recipe (the whole config is in
+# .hydra/config.yaml), the measured size, and as metrics the final values of curves already logged.
+HPARAMS_FIRST = ("model.conv", "seed")
+HPARAMS_RECIPE = ("data.batch_size", "model.block_config", "model.growth_rate", "model.bottleneck",
+                  "model.separable_mid_norm", "optimizer.lr", "optimizer.weight_decay", "trainer.max_epochs",
+                  "trainer.precision", "module.label_smoothing", "module.channels_last", "module.compile",
+                  "module.cuda_graph")  # fmt: skip
 HPARAMS_MEASURED = ("model/params", "model/macs", "model/latency_b1_ms", "time/fit_s")
 HPARAMS_METRICS = ("test/acc", "test/f1", "val/acc", "time/train_images_per_s")
-HPARAMS_SKIPPED = ("_target_", "paths.", "callbacks.", "logger.", "trainer.default_root_dir")
 
 
 def resolve_precision(precision: str | int) -> str | int:
@@ -106,15 +109,22 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
 
 
 def write_hparams(logger: TensorBoardLogger, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """The HPARAMS tab: one row per run, its deciding config values first, final metrics beside them."""
-    config = {k: v for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()
-              if not any(k.startswith(s) or k.endswith(s) for s in HPARAMS_SKIPPED)}  # fmt: skip
-    measured = {k.replace("/", "."): metrics[k] for k in HPARAMS_MEASURED if k in metrics}
-    ordered = {k: config.pop(k) for k in HPARAMS_FIRST if k in config} | measured | config
-    ordered = {k: v if v is not None else "null" for k, v in ordered.items()}
+    """The HPARAMS tab: one row per run, conv type and seed first, then the recipe and the measured size."""
+    config = flatten(OmegaConf.to_container(cfg, resolve=True))
+    values = {k: config[k] for k in (*HPARAMS_FIRST, *HPARAMS_RECIPE) if k in config}
+    values["data.source"] = str(OmegaConf.select(cfg, "data.source._target_", default="?")).rsplit(".", 1)[-1]
+    values |= {k.replace("/", "."): metrics[k] for k in HPARAMS_MEASURED if k in metrics}
+    values = {k: v if v is not None else "null" for k, v in values.items()}
+    experiment, start, end = hparams(values, {k: metrics.get(k, 0.0) for k in HPARAMS_METRICS})
+    # TensorBoard shows columns with `differs` set first, then by name, and the first five by default:
+    # marking the two that tell the runs of a comparison apart puts them in front.
+    data = HParamsPluginData.FromString(experiment.value[0].metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in HPARAMS_FIRST
+    experiment.value[0].metadata.plugin_data.content = data.SerializeToString()
     # Written directly (not through logger.log_hyperparams): that would log each metric again as a
     # one-point curve at step 0. The HPARAMS tab reads the metrics' last values from their curves.
-    for summary in hparams(ordered, {k: metrics.get(k, 0.0) for k in HPARAMS_METRICS}):
+    for summary in (experiment, start, end):
         logger.experiment._get_file_writer().add_summary(summary)  # reopens the writer that test() closed
 
 

@@ -23,15 +23,16 @@ HOW_TO_READ = (
 
 
 def draw_figures(
-    runs: list[Run], groups: dict[str, list[Run]], conv_points: dict[str, list[Point]], out: Path
+    runs: list[Run], cells: dict[Cell, list[Run]], conv_points: dict[str, list[Point]], out: Path
 ) -> list[tuple[str, str]]:
     """Every figure of the report; returns (file, caption) of those shown in report.md."""
     for run in runs:
         if run.curves:
             plot_run_curves(run, out / "curves" / f"{run.name.replace('/', '_')}.png")
     figures = []
+    groups = by_conv(runs)
     if groups:
-        plot_conv_curves(groups, out / "curves_by_conv.png")
+        plot_conv_curves(cells, out / "curves_by_conv.png")
         plot_tradeoff(conv_points, out / "tradeoff.png")
         figures += [("curves_by_conv.png", "Learning curves per conv type"),
                     ("tradeoff.png", "Accuracy against cost, with each conv type's Pareto front")]  # fmt: skip
@@ -91,7 +92,7 @@ def write_report(root: Path) -> Path:
     conv_points = points(groups, keys)
     comparisons, problems = significance(cells)
     cost_sentences = equal_cost(conv_points)
-    figures = draw_figures(runs, groups, conv_points, out)
+    figures = draw_figures(runs, cells, conv_points, out)
 
     run_rows = [{"run": r.name, "conv": r.conv, "seed": r.seed, "setting": setting_label(r, keys), "status": r.status,
                  **{k: r.metrics.get(k) for k in [*QUALITY, *efficiency_keys]}} for r in runs]  # fmt: skip

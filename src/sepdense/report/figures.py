@@ -7,9 +7,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from sepdense.plotting import confusion_figure, conv_colors
+from sepdense.report.aggregate import Cell, cell_name
 from sepdense.report.tradeoff import Point, pareto_front
 from sepdense.runs import Run
 
@@ -24,7 +25,7 @@ def _values(tag: str, values: list[float]) -> np.ndarray:
 
 def _epoch_axis(ax: Axes, epochs: list[int]) -> None:
     """Whole-number epoch ticks, with room around a run of one or two epochs; plain numbers on the y axis."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.ticklabel_format(axis="y", useOffset=False)
     if epochs:
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
@@ -57,18 +58,20 @@ def plot_run_curves(run: Run, path: Path) -> None:
     _save(fig, path)
 
 
-def plot_conv_curves(groups: dict[str, list[Run]], path: Path) -> None:
-    """Training and validation loss and accuracy per conv type: mean across seeds with a min–max band.
+def plot_conv_curves(cells: dict[Cell, list[Run]], path: Path) -> None:
+    """Training and validation loss and accuracy per conv type (and setting): mean across seeds, min–max band.
 
-    One panel per (metric, stage), so a line's stage is its panel and its conv type is its colour.
+    One panel per (metric, stage), so a line's stage is its panel, its conv type is its colour and,
+    when the runs differ in network settings, its setting is its marker.
     """
-    colors = conv_colors(groups)
+    colors = conv_colors(conv for conv, _ in cells)
+    markers = dict(zip(dict.fromkeys(setting for _, setting in cells), "os^Dv<>p*h", strict=False))
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex=True)
     all_epochs: set[int] = set()
     for row, metric in enumerate(("loss", "acc")):
         for col, stage in enumerate(("train", "val")):
             ax, tag = axes[row, col], f"{stage}/{metric}"
-            for conv, runs in groups.items():
+            for (conv, setting), runs in cells.items():
                 series = [dict(r.curves[tag]) for r in runs if tag in r.curves]
                 if not series:
                     continue
@@ -76,19 +79,22 @@ def plot_conv_curves(groups: dict[str, list[Run]], path: Path) -> None:
                 values = np.array([_values(tag, [s[e] for e in epochs]) for s in series])
                 x = np.array(epochs) + 1
                 all_epochs.update(x.tolist())
-                ax.plot(x, values.mean(0), "-", marker="o" if len(x) < 30 else None, ms=4, color=colors[conv],
-                        label=f"{conv} (n={len(series)})")  # fmt: skip
+                ax.plot(x, values.mean(0), "-", marker=markers[setting] if len(x) < 30 else None, ms=5,
+                        color=colors[conv], label=f"{cell_name((conv, setting))} (n={len(series)})")  # fmt: skip
                 if len(series) > 1:
                     ax.fill_between(x, values.min(0), values.max(0), color=colors[conv], alpha=0.2)
             ax.set(
                 ylabel=METRIC_LABEL[metric], title=f"{STAGE_NAME[stage]} {'accuracy' if metric == 'acc' else metric}"
             )
-            if ax.lines:
-                ax.legend(fontsize=8)
     for ax in axes.flat:
         _epoch_axis(ax, sorted(all_epochs))
+    # One legend for the four panels, below them, where it hides no point.
+    handles, labels = max((ax.get_legend_handles_labels() for ax in axes.flat), key=lambda hl: len(hl[0]))
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8, frameon=False)
     fig.suptitle("Learning curves per conv type (mean over seeds; band: min–max)")
-    _save(fig, path)
+    fig.tight_layout(rect=(0, 0.03 + 0.03 * ((len(labels) + 2) // 3), 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def time_axis(seconds: list[float]) -> tuple[float, str]:
@@ -138,6 +144,9 @@ def plot_tradeoff(conv_points: dict[str, list[Point]], path: Path) -> None:
         costs = [x for collection in ax.collections for x, _ in collection.get_offsets()]
         if costs and min(costs) > 0 and max(costs) / min(costs) >= 4:
             ax.set_xscale("log")  # widths multiply the cost; accuracy is interpolated in log(cost) too
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
         if ax.collections:
             ax.legend(title="conv (line: Pareto front)", fontsize=8, title_fontsize=8)
