@@ -8,12 +8,14 @@ ratios hold on a noisy machine.
 import hydra
 from omegaconf import DictConfig
 
-from sepdense.bench.run import run_benchmark
 from sepdense.cli import run_reporting_user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
+    # Imported once Hydra has composed the config, so that a mistyped override is reported at once.
+    from sepdense.bench.run import run_benchmark
+
     run_reporting_user_errors(run_benchmark, cfg)
 
 

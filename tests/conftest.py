@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -72,10 +73,13 @@ def compose_train_cfg(tmp_path: Path):
 SMOKE = ["debug=smoke", "callbacks.progress_bar=null"]
 
 
-def run_entry(script: str, *args: str, log_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run_entry(
+    script: str, *args: str, log_dir: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run ``train.py``, ``benchmark.py`` or ``-m <module>`` as a user would, logging under ``log_dir``."""
     cmd = [sys.executable, script, *args, f"paths.log_dir={log_dir}"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, **env} if env else None)  # fmt: skip
     if check and result.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

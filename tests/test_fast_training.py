@@ -69,7 +69,11 @@ def test_twenty_graph_replayed_steps_equal_twenty_eager_steps_on_gpu(conv: str) 
 
 @pytest.mark.slow
 def test_smoke_run_with_a_compiled_network(tmp_path: Path) -> None:
-    run_entry("train.py", *SMOKE, "module.compile=default", log_dir=tmp_path)
+    result = run_entry("train.py", *SMOKE, "module.compile=default", log_dir=tmp_path,
+                       env={"TORCH_LOGS": "recompiles"})  # fmt: skip
+    # Two graphs, each compiled once: the training step, and evaluation (validation and test share
+    # it). Measuring MACs and latency, or testing under inference_mode, would each add a compilation.
+    assert result.stderr.count("Recompiling function") == 1, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "train" / "runs").iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0 <= metrics["test/acc"] <= 1 and metrics["time/train_images_per_s"] > 0
@@ -83,11 +87,12 @@ def test_a_compiled_network_computes_what_the_eager_one_does() -> None:
     # In float64, so that the comparison can be tight: in float32 the compiled kernels sum in another
     # order, and BatchNorm's backward (a difference of nearly equal sums) turns that into ~1% relative
     # differences in some gradients, which would hide a real error as well as tolerate rounding.
+    # The smallest network with every kind of layer (stem, dense layers, transitions, head) compiles fastest.
     torch.manual_seed(0)
-    smoke_net = {"_target_": "sepdense.models.DenseNet", "block_config": [2, 2, 2, 2]}
+    tiny_net = {"_target_": "sepdense.models.DenseNet", "block_config": [1, 1, 1, 1], "growth_rate": 4}
     classes = [str(i) for i in range(10)]
-    eager = ImageClassifier(net=smoke_net, class_names=classes, channels_last=True)
-    compiled = ImageClassifier(net=smoke_net, class_names=classes, channels_last=True, compile="default")
+    eager = ImageClassifier(net=tiny_net, class_names=classes, channels_last=True)
+    compiled = ImageClassifier(net=tiny_net, class_names=classes, channels_last=True, compile="default")
     eager.net.double()
     compiled.net.double()
     compiled.net.load_state_dict(eager.net.state_dict())

@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 PACKAGES = ("sepdense", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "omegaconf", "numpy")
 # How batch-1 latency is measured; shown beside every latency figure.
-LATENCY_METHOD = "eval mode, batch 1, median of repeated calls after a warm-up; on CPU with 1 thread"
+LATENCY_METHOD = "eager, eval mode, batch 1, median of repeated calls after a warm-up; on CPU with 1 thread"
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -33,11 +33,18 @@ def count_parameters(model: nn.Module) -> int:
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode without gradients, back in its previous mode afterwards."""
+    """``model`` in eval mode without gradients and run eagerly, back in its previous mode afterwards.
+
+    Eagerly even when the network was compiled for training (``module.compile``): MACs and latency
+    are properties of the network, the same whichever way it is trained, and a batch-1, one-thread
+    call would otherwise cost one more compilation of a graph that training never uses.
+    """
     was_training = model.training
     model.eval()
+    # torch.compiler.set_stance exists from torch 2.6; before it, a compiled network is measured compiled.
+    set_stance = getattr(torch.compiler, "set_stance", None)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), set_stance("force_eager") if set_stance else contextlib.nullcontext():
             yield model
     finally:
         model.train(was_training)

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from sepdense.measure import environment
 from sepdense.tables import write_json
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
@@ -59,8 +58,9 @@ def last_checkpoint(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 
 
-def write_environment(run_dir: Path) -> None:
-    write_json(Path(run_dir) / ENVIRONMENT_FILE, environment())
+def write_environment(run_dir: Path, environment: dict[str, Any]) -> None:
+    """The machine and package versions (``sepdense.measure.environment()``) beside the run's results."""
+    write_json(Path(run_dir) / ENVIRONMENT_FILE, environment)
 
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ from torch.utils.tensorboard.summary import hparams
 from sepdense.callbacks import SummaryCallback
 from sepdense.cli import find_user_error, quiet_libraries
 from sepdense.errors import ConfigError
+from sepdense.measure import environment
 from sepdense.module import ImageClassifier
 from sepdense.runs import (
     has_results,
@@ -147,7 +148,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_environment(output_dir)
+    write_environment(output_dir, environment())
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     net_config = {**OmegaConf.to_container(cfg.model, resolve=True), "num_classes": datamodule.num_classes}
