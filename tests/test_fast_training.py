@@ -89,7 +89,7 @@ def test_a_compiled_network_computes_what_the_eager_one_does() -> None:
     # differences in some gradients, which would hide a real error as well as tolerate rounding.
     # The smallest network with every kind of layer (stem, dense layers, transitions, head) compiles fastest.
     torch.manual_seed(0)
-    tiny_net = {"_target_": "sepdense.models.DenseNet", "block_config": [1, 1, 1, 1], "growth_rate": 4}
+    tiny_net = {"_target_": "sepdense.models.DenseNet", "block_config": [1, 1], "growth_rate": 4}
     classes = [str(i) for i in range(10)]
     eager = ImageClassifier(net=tiny_net, class_names=classes, channels_last=True)
     compiled = ImageClassifier(net=tiny_net, class_names=classes, channels_last=True, compile="default")

@@ -7,8 +7,10 @@ for the official train and test splits, so the data module never branches on the
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+WHERE_IMAGES = "Give data.source.root=<a folder with train/<class>/ and test/<class>/, or a .tar.gz of one>."
 OFFICIAL_FOLDER = "cifar-10-batches-py"
 OFFICIAL_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 OFFICIAL_TEST_FILES = ("test_batch",)
@@ -107,9 +111,11 @@ def _read_official_batches(folder: Path, names: Sequence[str]) -> tuple[np.ndarr
 class ImageFolder:
     """``root/{train,test}/<class>/*.{png,jpg,jpeg}``, decoded once and cached as uint8 arrays.
 
-    Class indices follow ``class_names`` (not the alphabetical order of the folders), so the
-    labels mean the same as in the official data. The cache is keyed by the file list, sizes
-    and modification times: editing, adding or removing an image rebuilds it.
+    ``root`` is a folder, or a ``.tar`` / ``.tar.gz`` / ``.tgz`` archive of one (read in place,
+    nothing extracted; the layout may sit under one top folder inside it). Class indices follow
+    ``class_names`` (not the alphabetical order of the folders), so the labels mean the same as in
+    the official data. The cache is keyed by the file list, sizes and modification times (for an
+    archive: its own size and time): editing, adding or removing an image rebuilds it.
     """
 
     name = "imagefolder"
@@ -122,59 +128,98 @@ class ImageFolder:
         image_size: int = 32,
     ) -> None:
         self.root = Path(root)
-        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".sepdense-cache"
+        self.is_archive = self.root.name.lower().endswith(ARCHIVE_SUFFIXES)
+        default_cache = (self.root.parent if self.is_archive else self.root) / ".sepdense-cache"
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache
         self.class_names = tuple(class_names)
         self.image_size = image_size
+        self._contents: dict[str, bytes] | None = None
 
     def prepare(self) -> None:
         """Decode and cache both splits if no valid cache exists (runs once, on one process)."""
-        for split in ("train", "test"):
-            self._load_split(split)
+        self.load()
 
     def load(self) -> SplitArrays:
-        train_images, train_labels = self._load_split("train")
-        test_images, test_labels = self._load_split("test")
+        try:
+            train_images, train_labels = self._load_split("train")
+            test_images, test_labels = self._load_split("test")
+        finally:
+            self._contents = None  # an archive's bytes are kept only while both splits decode
         return SplitArrays(train_images, train_labels, test_images, test_labels)
 
-    def _list_files(self, split: str) -> list[tuple[Path, int]]:
-        split_dir = self.root / split
-        if not split_dir.is_dir():
+    def _archive_contents(self) -> dict[str, bytes]:
+        """Every image of the archive by layout path (split/class/file), read in one pass."""
+        if self._contents is None:
+            self._contents = _read_archive(self.root)
+        return self._contents
+
+    def _tree(self) -> dict[str, dict[str, list[str]]]:
+        """split → class folder → image paths (relative to the layout's top), as stored."""
+        tree: dict[str, dict[str, list[str]]] = {}
+        if self.is_archive:
+            for name in self._archive_contents():
+                split, class_name, _ = name.split("/")
+                tree.setdefault(split, {}).setdefault(class_name, []).append(name)
+            return tree
+        for split in ("train", "test"):
+            split_dir = self.root / split
+            if split_dir.is_dir():
+                tree[split] = {
+                    d.name: [f"{split}/{d.name}/{p.name}" for p in d.iterdir()
+                             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+                    for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
+                }  # fmt: skip
+        return tree
+
+    def _list_files(self, split: str) -> list[tuple[str, int]]:
+        """(relative image path, label) for one split, class by class in ``class_names`` order."""
+        if not self.is_archive and not self.root.exists():
+            raise DataError(f"{self.root} does not exist. {WHERE_IMAGES}")
+        classes = self._tree().get(split)
+        where = f"{self.root}:{split}" if self.is_archive else str(self.root / split)
+        if classes is None:
             raise DataError(
-                f"{split_dir} does not exist. An image folder needs {self.root}/train/<class>/ and "
-                f"{self.root}/test/<class>/ (classes: {', '.join(self.class_names)})."
+                f"{where} does not exist. An image folder needs train/<class>/ and test/<class>/ "
+                f"(classes: {', '.join(self.class_names)})."
             )
-        found = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        found = sorted(classes)
         missing = [c for c in self.class_names if c not in found]
         unknown = [c for c in found if c not in self.class_names]
         if missing or unknown:
             raise DataError(
-                f"{split_dir} has class folders {found}, but data.source.class_names is {list(self.class_names)}"
+                f"{where} has class folders {found}, but data.source.class_names is {list(self.class_names)}"
                 + (f" (missing: {missing})" if missing else "")
                 + (f" (not a listed class: {unknown})" if unknown else "")
                 + ". Make the folders match the class list."
             )
         files = []
         for label, class_name in enumerate(self.class_names):
-            images = sorted(
-                p for p in (split_dir / class_name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-            )
-            if not images:
+            if not classes[class_name]:
                 raise DataError(
-                    f"{split_dir / class_name} holds no images ({'/'.join(IMAGE_EXTENSIONS)}). "
+                    f"{where}/{class_name} holds no images ({'/'.join(IMAGE_EXTENSIONS)}). "
                     f"Every class needs at least one."
                 )
-            files.extend((p, label) for p in images)
+            files.extend((name, label) for name in sorted(classes[class_name]))
         return files
 
-    def _cache_path(self, split: str, files: list[tuple[Path, int]]) -> Path:
+    def _cache_path(self, split: str, files: list[tuple[str, int]] | None) -> Path:
+        """Keyed by every file's size and time, or for an archive (``files`` None) by the archive's."""
         digest = hashlib.sha1(f"{self.root.resolve()}|{self.class_names}|{self.image_size}".encode())
-        for path, label in files:
-            stat = path.stat()
-            digest.update(f"{path.relative_to(self.root)}|{label}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        if self.is_archive:
+            if not self.root.is_file():
+                raise DataError(f"{self.root} does not exist. {WHERE_IMAGES}")
+            stat = self.root.stat()
+            digest.update(f"{split}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        for name, label in files or []:
+            entry = f"{name}|{label}"
+            if not self.is_archive:
+                stat = (self.root / name).stat()
+                entry += f"|{stat.st_size}|{stat.st_mtime_ns}"
+            digest.update(f"{entry}\n".encode())
         return self.cache_dir / f"{split}-{digest.hexdigest()[:16]}.npz"
 
     def _load_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        files = self._list_files(split)
+        files = None if self.is_archive else self._list_files(split)  # an archive is only read on a cache miss
         cache = self._cache_path(split, files)
         if cache.is_file():
             try:
@@ -182,26 +227,32 @@ class ImageFolder:
                     return arrays["images"], arrays["labels"]
             except Exception:  # a half-written or damaged cache is rebuilt, never trusted
                 cache.unlink(missing_ok=True)
-        images = np.stack([self._decode(path) for path, _ in files])
+        if self.is_archive:
+            files = self._list_files(split)
+            contents = self._archive_contents()
+            images = np.stack([self._decode(f"{self.root}:{name}", contents[name]) for name, _ in files])
+        else:
+            images = np.stack([self._decode(str(self.root / name), self.root / name) for name, _ in files])
         labels = np.array([label for _, label in files], dtype=np.int64)
         self._write_cache(cache, images, labels)
         return images, labels
 
-    def _decode(self, path: Path) -> np.ndarray:
+    def _decode(self, name: str, source: Path | bytes) -> np.ndarray:
+        """One image, from a file or from bytes read out of an archive; ``name`` is what errors show."""
         from PIL import Image, UnidentifiedImageError
 
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 image.load()
                 size, mode = image.size, image.mode
                 array = np.asarray(image)
         except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise DataError(f"{path} is not a readable image ({err}). Replace or delete it.") from err
+            raise DataError(f"{name} is not a readable image ({err}). Replace or delete it.") from err
         if mode != "RGB":
-            raise DataError(f"{path} is a {mode} image; every image must be RGB. Convert or delete it.")
+            raise DataError(f"{name} is a {mode} image; every image must be RGB. Convert or delete it.")
         if size != (self.image_size, self.image_size):
             raise DataError(
-                f"{path} is {size[0]}×{size[1]} pixels; every image must be {self.image_size}×{self.image_size} "
+                f"{name} is {size[0]}×{size[1]} pixels; every image must be {self.image_size}×{self.image_size} "
                 f"(data.source.image_size). Resize or delete it."
             )
         return array.transpose(2, 0, 1)
@@ -215,6 +266,39 @@ class ImageFolder:
         except OSError as err:
             # A read-only data folder still trains; it just decodes again next time.
             print(f"[sepdense] could not write the image cache {cache} ({err}); set data.source.cache_dir to cache.")
+
+
+def _open_archive(path: Path) -> tarfile.TarFile:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist. {WHERE_IMAGES}")
+    try:
+        return tarfile.open(path)
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(f"{path} is not a readable tar archive ({err}). Download or copy it again.") from err
+
+
+def _layout_parts(member_name: str) -> tuple[str, ...] | None:
+    """(split, class, file) of an image member, at the archive's top or under one top folder."""
+    parts = tuple(p for p in member_name.split("/") if p not in ("", "."))
+    if len(parts) == 4:  # <top>/<split>/<class>/<file>
+        parts = parts[1:]
+    if len(parts) != 3 or parts[0] not in ("train", "test") or parts[1].startswith("."):
+        return None
+    return parts if Path(parts[2]).suffix.lower() in IMAGE_EXTENSIONS else None
+
+
+def _read_archive(path: Path) -> dict[str, bytes]:
+    """Layout path (split/class/file) → bytes of every image in a tar archive, in one sequential pass."""
+    contents = {}
+    with _open_archive(path) as archive:
+        try:
+            for member in archive:
+                parts = _layout_parts(member.name) if member.isfile() else None
+                if parts:
+                    contents["/".join(parts)] = archive.extractfile(member).read()
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise DataError(f"{path} is a damaged tar archive ({err}). Download or copy it again.") from err
+    return contents
 
 
 class Synthetic:
