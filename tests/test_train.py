@@ -194,6 +194,17 @@ def test_config_mistakes_are_user_errors_that_name_the_key(override: str, messag
     assert not Path(cfg.paths.output_dir).exists(), "a run that saved nothing leaves no directory behind"
 
 
+def test_a_failed_start_in_a_used_directory_removes_only_its_own_files(compose_train_cfg) -> None:
+    cfg = compose_train_cfg(*SMOKE, "model.growth_rate=-4")
+    output_dir = Path(cfg.paths.output_dir)  # as with hydra.run.dir=. : a directory that holds other work
+    output_dir.mkdir(parents=True)
+    (output_dir / "notes.txt").write_text("mine")
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    assert find_user_error(info.value) is not None
+    assert sorted(p.name for p in output_dir.iterdir()) == ["notes.txt"]  # environment.json, written first, is gone
+
+
 @pytest.mark.slow
 def test_help_lists_the_training_groups_and_their_options(tmp_path: Path) -> None:
     result = run_entry("train.py", "--help", log_dir=tmp_path)

@@ -7,8 +7,10 @@ layout of a run directory is stated in one place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,26 @@ def has_results(run_dir: Path) -> bool:
     if any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")):
         return True
     return (run_dir / TENSORBOARD_DIR).is_dir() and bool(read_curves(run_dir / TENSORBOARD_DIR, tags=None))
+
+
+def remove_run_without_results(run_dir: Path) -> None:
+    """After a start that failed before saving results: delete what a run writes, then the directory if empty.
+
+    Only the run's own files (Hydra's ``.hydra``, the log, the environment, an empty TensorBoard or
+    checkpoint folder) go; anything else in the directory (``hydra.run.dir=.`` is someone's working
+    directory) stays, and so does the directory then. Nothing happens where results exist.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or has_results(run_dir):
+        return
+    for name in (CONFIG_FILE.parent.name, LOG_FILE, ENVIRONMENT_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR):
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()  # only if nothing else is in it
 
 
 def last_checkpoint(run_dir: Path) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ from sepdense.errors import ConfigError
 from sepdense.measure import environment
 from sepdense.module import ImageClassifier
 from sepdense.runs import (
-    has_results,
     is_run_dir,
     last_checkpoint,
+    remove_run_without_results,
     write_confusion,
     write_environment,
     write_metrics,
@@ -104,7 +103,9 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
         if ckpt_path and node._target_.endswith("TensorBoardLogger"):
             # The steps between the checkpoint and the crash are trained again; without purge_step they
             # would show twice. Events at steps up to the checkpoint's (its last epoch's metrics) stay.
-            kwargs["purge_step"] = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"] + 1
+            # Memory-mapped: only the step counter is read here; Lightning loads the whole checkpoint later.
+            saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+            kwargs["purge_step"] = saved["global_step"] + 1
         loggers.append(hydra.utils.instantiate(node, **kwargs))
     return loggers
 
@@ -136,9 +137,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         return _train(cfg, output_dir)
     except Exception as err:
-        # A mistake found before anything was saved leaves no empty run directory behind.
-        if find_user_error(err) is not None and not has_results(output_dir):
-            shutil.rmtree(output_dir, ignore_errors=True)
+        # A mistake found before anything was saved leaves no empty run directory behind; a resumed
+        # run's directory is the earlier run's, whose log and config are kept whatever happens.
+        if find_user_error(err) is not None and not cfg.get("resume"):
+            remove_run_without_results(output_dir)
         raise
 
 
