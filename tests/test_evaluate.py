@@ -22,7 +22,9 @@ def trained_run(smoke_run: tuple) -> Path:
 
 @pytest.mark.slow
 def test_evaluating_a_run_gives_its_own_test_numbers(trained_run: Path, tmp_path: Path) -> None:
-    result = run_entry("-m", "sepdense.evaluate", f"ckpt_path={trained_run}", log_dir=tmp_path)
+    # A data.<key> override applies to the run's own data (synthetic here), it does not swap in CIFAR-10.
+    result = run_entry("-m", "sepdense.evaluate", f"ckpt_path={trained_run}", "data.eval_batch_size=100",
+                       log_dir=tmp_path)  # fmt: skip
     (eval_dir,) = (tmp_path / "evaluate" / "runs").iterdir()
     trained = json.loads((trained_run / "metrics.json").read_text())
     evaluated = json.loads((eval_dir / "metrics.json").read_text())
@@ -57,9 +59,13 @@ def test_a_checkpoint_loads_by_itself(trained_run: Path) -> None:
     [
         ("ckpt_path=/no/such/run", "error: ckpt_path=/no/such/run does not exist"),
         ("split=train", "error: split=train is not a split; use one of: test, val"),
+        (
+            "data=synthetic data.source.num_classes=5",
+            "but the data has ['class0', 'class1', 'class2', 'class3', 'class4']; evaluate it on data with the same",
+        ),
     ],
 )
 def test_evaluate_mistakes_end_in_one_line(override: str, message: str, trained_run: Path, tmp_path: Path) -> None:
-    args = [override] if override.startswith("ckpt_path") else [f"ckpt_path={trained_run}", override]
+    args = [override] if override.startswith("ckpt_path") else [f"ckpt_path={trained_run}", *override.split()]
     result = run_entry("-m", "sepdense.evaluate", *args, log_dir=tmp_path, check=False)
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sepdense.cli import quiet_libraries, run_reporting_user_errors
 from sepdense.errors import ConfigError
-from sepdense.module import ImageClassifier
 from sepdense.runs import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
@@ -29,7 +28,6 @@ from sepdense.runs import (
     write_predictions,
 )
 from sepdense.tables import markdown_table
-from sepdense.train import resolve_precision, scalars
 
 log = logging.getLogger("sepdense")
 SPLITS = ("test", "val")
@@ -51,11 +49,20 @@ def find_checkpoint(path: str) -> tuple[Path, Path | None]:
 
 
 def data_config(cfg: DictConfig, run_dir: Path | None) -> DictConfig:
-    """``data=...`` from the command line if given, else the data the run was trained on."""
-    overridden = any(o.lstrip("+~").startswith("data") for o in HydraConfig.get().overrides.task)
-    if overridden or run_dir is None:
+    """The data the run was trained on, with the command line's ``data.<key>=...`` applied to it.
+
+    ``data=<name>`` on the command line replaces it (and a checkpoint outside a run directory has
+    only the command line's data to go by).
+    """
+    overrides = [str(o).lstrip("+") for o in HydraConfig.get().overrides.task]
+    if run_dir is None or any(o.split("=", 1)[0] == "data" for o in overrides):
         return cfg.data
-    return read_config(run_dir).data
+    data = read_config(run_dir).data
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if key.startswith("data.") and "=" in override:  # the value as Hydra parsed it into cfg
+            OmegaConf.update(data, key.removeprefix("data."), OmegaConf.select(cfg, key), force_add=True)
+    return data
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -63,12 +70,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split} is not a split; use one of: {', '.join(SPLITS)}.")
     checkpoint, run_dir = find_checkpoint(str(cfg.ckpt_path))
+    # Loaded after the checks above, so that a mistyped split or path is reported at once (torch
+    # and Lightning take ~10 s to import on a small machine).
+    from sepdense.module import ImageClassifier
+    from sepdense.train import resolve_precision, scalars
+
     try:
         module = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", compile=False, cuda_graph=False)
     except (KeyError, TypeError) as err:
         raise ConfigError(f"{checkpoint} was not saved by this version of sepdense ({err}); "
                           f"evaluate a checkpoint of a newer run.") from err  # fmt: skip
     datamodule = hydra.utils.instantiate(data_config(cfg, run_dir))
+    if tuple(module.class_names) != tuple(datamodule.class_names):
+        raise ConfigError(f"{checkpoint} was trained on the classes {list(module.class_names)}, but the data has "
+                          f"{list(datamodule.class_names)}; evaluate it on data with the same classes in the "
+                          f"same order (data.source.class_names).")  # fmt: skip
     precision = resolve_precision(cfg.trainer.precision)
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
                                       enable_progress_bar=False, precision=precision)  # fmt: skip
