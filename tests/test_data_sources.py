@@ -117,6 +117,7 @@ def _archive(folder: Path, archive: Path, top: str | None) -> Path:
 def test_an_archive_reads_as_the_folder_it_holds(tmp_path: Path, top: str | None, monkeypatch) -> None:
     classes = ["zebra", "apple", "mango"]
     write_image_folder(tmp_path / "images", classes, per_class=3)
+    (tmp_path / "images" / "train" / "apple" / "._0000.png").write_bytes(b"\x00\x05\x16\x07")  # macOS metadata
     archive = _archive(tmp_path / "images", tmp_path / "images.tar.gz", top)
     from_folder = ImageFolder(str(tmp_path / "images"), cache_dir=str(tmp_path / "c1"), class_names=classes).load()
     source = ImageFolder(str(archive), cache_dir=str(tmp_path / "c2"), class_names=classes)

@@ -153,29 +153,28 @@ class ImageFolder:
             self._contents = _read_archive(self.root)
         return self._contents
 
-    def _tree(self) -> dict[str, dict[str, list[str]]]:
-        """split → class folder → image paths (relative to the layout's top), as stored."""
-        tree: dict[str, dict[str, list[str]]] = {}
+    def _classes(self, split: str) -> dict[str, list[str]] | None:
+        """Class folder → image paths (split/class/file) of one split, as stored; None if the split is absent."""
         if self.is_archive:
+            classes: dict[str, list[str]] = {}
             for name in self._archive_contents():
-                split, class_name, _ = name.split("/")
-                tree.setdefault(split, {}).setdefault(class_name, []).append(name)
-            return tree
-        for split in ("train", "test"):
-            split_dir = self.root / split
-            if split_dir.is_dir():
-                tree[split] = {
-                    d.name: [f"{split}/{d.name}/{p.name}" for p in d.iterdir()
-                             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-                    for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
-                }  # fmt: skip
-        return tree
+                image_split, class_name, _ = name.split("/")
+                if image_split == split:
+                    classes.setdefault(class_name, []).append(name)
+            return classes or None
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            return None
+        return {
+            d.name: [f"{split}/{d.name}/{p.name}" for p in d.iterdir() if _is_image_name(p.name) and p.is_file()]
+            for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
+        }  # fmt: skip
 
     def _list_files(self, split: str) -> list[tuple[str, int]]:
         """(relative image path, label) for one split, class by class in ``class_names`` order."""
         if not self.is_archive and not self.root.exists():
             raise DataError(f"{self.root} does not exist. {WHERE_IMAGES}")
-        classes = self._tree().get(split)
+        classes = self._classes(split)
         where = f"{self.root}:{split}" if self.is_archive else str(self.root / split)
         if classes is None:
             raise DataError(
@@ -284,7 +283,12 @@ def _layout_parts(member_name: str) -> tuple[str, ...] | None:
         parts = parts[1:]
     if len(parts) != 3 or parts[0] not in ("train", "test") or parts[1].startswith("."):
         return None
-    return parts if Path(parts[2]).suffix.lower() in IMAGE_EXTENSIONS else None
+    return parts if _is_image_name(parts[2]) else None
+
+
+def _is_image_name(name: str) -> bool:
+    # Hidden files are not images even with an image suffix: macOS writes ._<name>.jpg beside each file.
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _read_archive(path: Path) -> dict[str, bytes]:
