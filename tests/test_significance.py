@@ -68,6 +68,15 @@ def test_pairing_without_a_partner_seed_fails_clearly(tmp_path: Path) -> None:
         compare(baseline, others)
 
 
+def test_a_seed_twice_on_either_side_fails_clearly(tmp_path: Path) -> None:
+    baseline = [fake_run(tmp_path / "s0", "standard", 0, 12, 0.8, 3e8, 100)]
+    twice = [fake_run(tmp_path / name, "separable", 0, 12, 0.8, 2e8, 90) for name in ("p0", "q0")]
+    with pytest.raises(PairingError, match=r"q0 and p0 are both separable runs with seed 0; keep one"):
+        compare(baseline, twice)
+    with pytest.raises(PairingError, match=r"q0 and p0 are both separable runs with seed 0; keep one"):
+        compare(twice, baseline)
+
+
 def test_a_tradeoff_sweep_reports_significance_and_who_is_ahead_at_equal_cost(tmp_path: Path) -> None:
     # Three widths × two seeds; separable is 2 points better at equal MACs: at each width it costs half
     # the MACs for the accuracy standard reaches at those MACs, plus 2 points.

@@ -101,6 +101,12 @@ class ImageClassifier(pl.LightningModule):
         if self._graphed_step is None:
             if self.trainer.world_size > 1:
                 raise ConfigError("module.cuda_graph=true runs on one device; use it without trainer=ddp.")
+            if str(self.trainer.precision).startswith("16"):
+                # fp16 needs a gradient scaler around the backward, which the captured graph does not have.
+                raise ConfigError(
+                    f"module.cuda_graph=true does not support trainer.precision={self.trainer.precision}; "
+                    f"use bf16-mixed (the default on GPUs) or 32-true."
+                )
             self._graphed_step = GraphedStep(self.loss_and_logits, list(self.net.parameters()))
         loss, logits = self._graphed_step(images, labels)
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()

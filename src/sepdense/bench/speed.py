@@ -14,18 +14,16 @@ conv types alternate, so a change in machine load hits both alike.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import torch
 
 from sepdense.errors import ConfigError
-from sepdense.measure import time_ms
+from sepdense.measure import synchronized_clock, time_ms
 from sepdense.models import BASELINE_CONV, ordered_conv_types
 from sepdense.module import ImageClassifier
 from sepdense.optim import param_groups
@@ -35,21 +33,17 @@ MODES = ("eager", "compiled", "graphed")
 ALLOCATORS = ("reuse", "default")  # reuse_freed_memory on, or glibc's own behaviour
 
 
-def _autocast(device: str) -> contextlib.AbstractContextManager:
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def training_step(module: ImageClassifier, mode: str, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
     """One optimizer step of ``module`` on a fixed batch, run the way ``mode`` says (as training runs it)."""
     fused = {"fused": True} if mode == "graphed" else {}  # the graphed path's optimizer: one kernel per update
     optimizer = torch.optim.SGD(param_groups(module.net), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                                 **fused)  # fmt: skip
     graphed = GraphedStep(module.loss_and_logits, list(module.net.parameters())) if mode == "graphed" else None
+    device_type = images.device.type
+    use_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()  # decided once, outside the timed step
 
     def step() -> None:
-        with _autocast(images.device.type):
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
             if graphed is not None:
                 graphed(images, labels)
             else:
@@ -76,11 +70,9 @@ def measure_step(model_kwargs: dict, conv: str, mode: str, allocator: str, devic
     images = torch.randn(batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (batch,), device=device)
     step = training_step(module, mode, images, labels)
-    start = time.perf_counter()
+    start = synchronized_clock(images.device)
     step()  # compiles (compiled); the first eager warm-up step (graphed)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    first_s = time.perf_counter() - start
+    first_s = synchronized_clock(images.device) - start
     for _ in range(3 if mode == "graphed" else 0):  # the rest of the graph's warm-up, and its capture
         step()
     step_ms = time_ms(step, min_run_time)

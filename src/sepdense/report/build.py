@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+from sepdense.measure import LATENCY_METHOD
 from sepdense.models import BASELINE_CONV
 from sepdense.report.aggregate import EFFICIENCY, QUALITY, Cell, aggregate, by_cell, by_conv, cell, cell_name
 from sepdense.report.figures import plot_confusion, plot_conv_curves, plot_run_curves, plot_tradeoff
@@ -164,8 +165,7 @@ def report_markdown(
             "## Efficiency (as logged by the runs)",
             "",
             markdown_table(efficiency) if efficiency else none,
-            "Latency: batch 1, eval mode, median of repeated calls after a warm-up, one thread on CPU. "
-            f"Costs compared at equal value in the findings: {', '.join(COSTS.values())}.",
+            f"Latency: {LATENCY_METHOD}. Costs compared at equal value in the findings: {', '.join(COSTS.values())}.",
             "",
             "## Per-class test F1 (%)",
             "",

@@ -125,7 +125,7 @@ def plot_tradeoff(conv_points: dict[str, list[Point]], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     for ax, (key, scale, label) in zip(axes, panels, strict=True):
         for conv, ps in conv_points.items():
-            ps = [p for p in ps if all(key in r.metrics for r in p.runs)]
+            ps = [p for p in ps if p.has(key)]
             if not ps:
                 continue
             runs = [(r.metrics[key] * scale, 100 * r.metrics["test/acc"]) for p in ps for r in p.runs]

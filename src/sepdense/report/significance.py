@@ -125,14 +125,20 @@ def compare_pair(baseline: Run, other: Run) -> PairResult:
                       mcnemar_p=p_value, bootstrap_low=low, bootstrap_high=high)  # fmt: skip
 
 
-def compare(baseline_runs: list[Run], other_runs: list[Run], setting: str = "") -> Comparison:
-    """Pair ``other_runs`` with ``baseline_runs`` by seed (all at one network setting) and test each pair."""
-    by_seed = {}
-    for run in baseline_runs:
+def _one_run_per_seed(runs: list[Run], setting: str) -> dict[int | None, Run]:
+    by_seed: dict[int | None, Run] = {}
+    for run in runs:
         if run.seed in by_seed:
             raise PairingError(f"{run.name} and {by_seed[run.seed].name} are both {run.conv} runs with seed "
                                f"{run.seed}{setting and f' at {setting}'}; keep one of them.")  # fmt: skip
         by_seed[run.seed] = run
+    return by_seed
+
+
+def compare(baseline_runs: list[Run], other_runs: list[Run], setting: str = "") -> Comparison:
+    """Pair ``other_runs`` with ``baseline_runs`` by seed (all at one network setting) and test each pair."""
+    by_seed = _one_run_per_seed(baseline_runs, setting)
+    _one_run_per_seed(other_runs, setting)  # a seed twice would count one pair twice
     other_conv = other_runs[0].conv if other_runs else "?"
     baseline_conv = baseline_runs[0].conv if baseline_runs else "?"
     unpaired = [r for r in other_runs if r.seed not in by_seed]

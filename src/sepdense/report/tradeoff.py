@@ -27,6 +27,10 @@ class Point:
     setting: str
     runs: list[Run]
 
+    def has(self, key: str) -> bool:
+        """Whether every run (seed) logged ``key``: means are taken over all of them or not at all."""
+        return all(key in r.metrics for r in self.runs)
+
     def mean(self, key: str) -> float:
         return float(np.mean([r.metrics[key] for r in self.runs]))
 
@@ -67,9 +71,7 @@ def points(groups: dict[str, list[Run]], keys: list[str]) -> dict[str, list[Poin
 def pareto_front(conv_points: list[Point], cost: str) -> list[Point]:
     """The points no other point of the list beats on both cost (lower) and accuracy (higher), by cost."""
     front, best = [], -np.inf
-    for point in sorted(
-        (p for p in conv_points if cost in p.runs[0].metrics), key=lambda p: (p.mean(cost), -p.accuracy)
-    ):
+    for point in sorted((p for p in conv_points if p.has(cost)), key=lambda p: (p.mean(cost), -p.accuracy)):
         if point.accuracy > best:
             front.append(point)
             best = point.accuracy
@@ -77,7 +79,7 @@ def pareto_front(conv_points: list[Point], cost: str) -> list[Point]:
 
 
 def _curve(conv_points: list[Point], cost: str) -> tuple[np.ndarray, np.ndarray]:
-    usable = sorted((p.mean(cost), p.accuracy) for p in conv_points if all(cost in r.metrics for r in p.runs))
+    usable = sorted((p.mean(cost), p.accuracy) for p in conv_points if p.has(cost))
     return np.log([c for c, _ in usable]), np.array([a for _, a in usable])
 
 
