@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import hydra
 import numpy as np
@@ -18,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import nn
 
+from sepdense.callbacks import EpochProgressBar
 from sepdense.cli import find_user_error
 from sepdense.data import CIFAR10DataModule, Synthetic
 from sepdense.data.augment import normalize
@@ -94,6 +96,13 @@ def test_a_run_leaves_a_readable_record(smoke_run: tuple) -> None:
         assert "epoch 2/2" in text and "left ~" in text
     for noise in ("No CUDA runtime", "Tip:", "Total FLOPs", "LeafSpec", "Sanity Checking"):
         assert noise not in result.stderr + result.stdout, noise
+
+
+def test_the_progress_bar_counts_epochs_like_the_log_lines() -> None:
+    bar = EpochProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=100)  # the bar reads only max_epochs here
+    assert bar._get_train_description(1).strip() == "Epoch 2/100"  # Lightning's own bar: "Epoch 1/99"
+    assert len(bar._get_train_description(1)) >= len("Validation")  # padded as Lightning pads it
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from sepdense.callbacks.base import SummaryCallback
 from sepdense.callbacks.confusion import ConfusionMatrixFigure
 from sepdense.callbacks.epoch_log import EpochLog
 from sepdense.callbacks.model_cost import ModelCost
+from sepdense.callbacks.progress import EpochProgressBar
 from sepdense.callbacks.timing import Timing
 
-__all__ = ["ConfusionMatrixFigure", "EpochLog", "ModelCost", "SummaryCallback", "Timing"]
+__all__ = ["ConfusionMatrixFigure", "EpochLog", "EpochProgressBar", "ModelCost", "SummaryCallback", "Timing"]
