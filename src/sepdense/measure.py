@@ -108,9 +108,7 @@ def latency_ms(
             while len(times) < 5 or time.perf_counter() - start < min_run_time:
                 begin = time.perf_counter()
                 model(x)
-                if x.device.type == "cuda":
-                    torch.cuda.synchronize(x.device)
-                times.append(time.perf_counter() - begin)
+                times.append(synchronized_clock(x.device) - begin)
         finally:
             torch.set_num_threads(threads)
     return 1000 * statistics.median(times)
