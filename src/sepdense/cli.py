@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
-from sepdense.errors import UserError
+from sepdense.errors import DiskFullError, UserError
 
 T = TypeVar("T")
 
 
 def find_user_error(error: BaseException | None) -> UserError | None:
-    """The UserError behind ``error``, looking through wrappers (Hydra's InstantiationException, Lightning's)."""
+    """The UserError behind ``error``, looking through wrappers (Hydra's InstantiationException, Lightning's).
+
+    A full disk is the user's to fix wherever the write failed (a checkpoint, an event file, metrics.json).
+    """
     seen = set()
     while error is not None and id(error) not in seen:
         if isinstance(error, UserError):
             return error
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return DiskFullError.for_path(error.filename)
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None

@@ -15,11 +15,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from sepdense.checkpoints import check_targets, load_checkpoint
 from sepdense.cli import quiet_libraries, run_reporting_user_errors
 from sepdense.errors import ConfigError
 from sepdense.runs import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     LAST_CHECKPOINT,
     is_run_dir,
     read_config,
@@ -31,6 +33,7 @@ from sepdense.tables import markdown_table
 
 log = logging.getLogger("sepdense")
 SPLITS = ("test", "val")
+DATA_PREFIX = "sepdense.data."
 
 
 def find_checkpoint(path: str) -> tuple[Path, Path | None]:
@@ -58,6 +61,8 @@ def data_config(cfg: DictConfig, run_dir: Path | None) -> DictConfig:
     if run_dir is None or any(o.split("=", 1)[0] == "data" for o in overrides):
         return cfg.data
     data = read_config(run_dir).data
+    # Its _target_s are instantiated: a saved config naming anything but our data classes is refused.
+    check_targets(OmegaConf.to_container(data), DATA_PREFIX, run_dir / CONFIG_FILE, "data")
     for override in overrides:
         key = override.split("=", 1)[0]
         if key.startswith("data.") and "=" in override:  # the value as Hydra parsed it into cfg
@@ -73,10 +78,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     # Loaded after the checks above, so that a mistyped split or path is reported at once (torch
     # and Lightning take ~10 s to import on a small machine).
     from sepdense.module import ImageClassifier
-    from sepdense.train import resolve_precision, scalars
+    from sepdense.precision import resolve_precision, scalars
 
+    load_checkpoint(checkpoint, mmap=True)  # refuses a file that holds code before Lightning reads it
     try:
-        module = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", compile=False, cuda_graph=False)
+        module = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True,
+                                                      compile=False, cuda_graph=False)  # fmt: skip
     except (KeyError, TypeError) as err:
         raise ConfigError(f"{checkpoint} was not saved by this version of sepdense ({err}); "
                           f"evaluate a checkpoint of a newer run.") from err  # fmt: skip

@@ -9,7 +9,6 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -17,10 +16,12 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams
 
 from sepdense.callbacks import SummaryCallback
+from sepdense.checkpoints import load_checkpoint
 from sepdense.cli import find_user_error, quiet_libraries
 from sepdense.errors import ConfigError
 from sepdense.measure import environment
 from sepdense.module import ImageClassifier
+from sepdense.precision import resolve_precision, scalars
 from sepdense.runs import (
     is_run_dir,
     last_checkpoint,
@@ -44,13 +45,6 @@ HPARAMS_MEASURED = ("model/params", "model/macs", "model/latency_b1_ms", "time/f
 HPARAMS_METRICS = ("test/acc", "test/f1", "val/acc", "time/train_images_per_s")
 
 
-def resolve_precision(precision: str | int) -> str | int:
-    """'auto' means bf16 mixed precision on a GPU that supports it and full fp32 elsewhere."""
-    if precision != "auto":
-        return precision
-    return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-
-
 def config_nodes(group: DictConfig | None) -> list[DictConfig]:
     """Every ``_target_`` node directly under a config group (callbacks, loggers), in config order."""
     return [node for node in (group or {}).values() if isinstance(node, DictConfig) and "_target_" in node]
@@ -58,10 +52,6 @@ def config_nodes(group: DictConfig | None) -> list[DictConfig]:
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(node) for node in config_nodes(group)]
-
-
-def scalars(values: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if torch.as_tensor(v).numel() == 1}
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
@@ -104,7 +94,7 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
             # The steps between the checkpoint and the crash are trained again; without purge_step they
             # would show twice. Events at steps up to the checkpoint's (its last epoch's metrics) stay.
             # Memory-mapped: only the step counter is read here; Lightning loads the whole checkpoint later.
-            saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+            saved = load_checkpoint(ckpt_path, mmap=True)
             kwargs["purge_step"] = saved["global_step"] + 1
         loggers.append(hydra.utils.instantiate(node, **kwargs))
     return loggers

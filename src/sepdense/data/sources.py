@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sepdense.checkpoints import UnsafeFileError, load_plain_pickle
 from sepdense.errors import DataError
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -89,10 +89,11 @@ def _read_official_batches(folder: Path, names: Sequence[str]) -> tuple[np.ndarr
         if not path.is_file():
             raise DataError(f"{path} is missing. Delete {folder} and run again to re-download CIFAR-10.")
         try:
-            with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+            batch = load_plain_pickle(path)  # arrays, lists and bytes only: a crafted batch cannot run code
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             batch_labels = np.asarray(batch.get(b"labels", batch.get(b"fine_labels")), dtype=np.int64)
+        except UnsafeFileError:
+            raise
         except Exception as err:
             raise DataError(
                 f"{path} is not a readable CIFAR-10 batch ({type(err).__name__}: {err}). "
@@ -222,7 +223,7 @@ class ImageFolder:
         cache = self._cache_path(split, files)
         if cache.is_file():
             try:
-                with np.load(cache) as arrays:
+                with np.load(cache, allow_pickle=False) as arrays:
                     return arrays["images"], arrays["labels"]
             except Exception:  # a half-written or damaged cache is rebuilt, never trusted
                 cache.unlink(missing_ok=True)
