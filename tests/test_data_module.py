@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from sepdense.data import CIFAR10_MEAN, CIFAR10_STD, CIFAR10DataModule, Synthetic
 from sepdense.data.augment import cutout, normalize, random_crop_flip
-from sepdense.data.datamodule import stratified_split
-from sepdense.data.loader import InMemoryLoader, ShardedEpochSampler
+from sepdense.data.datamodule import split_fingerprint, stratified_split
+from sepdense.data.loader import InMemoryLoader, ShardedEpochSampler, stream_seed
 
 
 def test_stratified_split_sizes_and_determinism() -> None:
@@ -120,10 +120,21 @@ def test_crop_and_flip_together_give_mirrored_windows() -> None:
 
 
 def test_cutout_zeroes_one_square_per_image() -> None:
-    images = torch.ones(16, 3, 32, 32)
+    images = torch.ones(64, 3, 32, 32)
     out = cutout(images, 8, torch.Generator().manual_seed(0))
-    zeroed = (out == 0).all(1).sum((1, 2))
-    assert (zeroed <= 64).all() and (zeroed > 0).all() and (out[out != 0] == 1).all()
+    corners = set()
+    for image in out:
+        zero = image == 0
+        assert torch.equal(zero[0], zero[1]) and torch.equal(zero[0], zero[2])  # every channel, the same pixels
+        rows, cols = zero[0].any(1).nonzero().flatten(), zero[0].any(0).nonzero().flatten()
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        assert zero[0].sum() == (bottom - top) * (right - left)  # the zeroed pixels fill one rectangle
+        assert (image[:, ~zero[0]] == 1).all()  # and nothing else changed
+        # An 8×8 square centred on a pixel of the image: whole inside, clipped to at least 4 rows/columns at a border.
+        for start, end in ((top, bottom), (left, right)):
+            assert end - start == 8 or (4 <= end - start < 8 and (start == 0 or end == 32))
+        corners.add((int(top), int(left)))
+    assert len(corners) > 40  # the square moves from image to image
 
 
 def test_normalisation_uses_the_cifar10_statistics() -> None:
@@ -147,3 +158,58 @@ def test_augmentation_never_moves_labels() -> None:
         pixel_is_own = torch.isclose(image, own).all(0)
         pixel_is_padding = torch.isclose(image, zero[0]).all(0) | (image == 0).all(0)  # zero pad or cutout
         assert (pixel_is_own | pixel_is_padding).all() and pixel_is_own.float().mean() > 0.5
+
+
+def test_no_two_seeds_share_an_epoch_order() -> None:
+    # With orders seeded by seed + epoch, seed 1's epoch 0 would be seed 0's epoch 1.
+    orders = {}
+    for seed in range(5):
+        sampler = ShardedEpochSampler(1000, shuffle=True, seed=seed)
+        for epoch in range(10):
+            sampler.set_epoch(epoch)
+            orders[(seed, epoch)] = tuple(sampler.indices().tolist())
+    assert len(set(orders.values())) == len(orders) == 50
+    streams = [
+        stream_seed(seed, name, key) for seed in range(5) for name in ("data_order", "augment") for key in (0, 1)
+    ]
+    assert len(set(streams)) == len(streams)  # augmentation and data order draw from different streams too
+
+
+def test_augmentation_streams_differ_between_seeds_and_resume_exactly() -> None:
+    def augmented(dm: CIFAR10DataModule) -> torch.Tensor:
+        return dm.augment(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator()))
+
+    first, second = (CIFAR10DataModule(Synthetic(64, 16), val_size=0, shuffle_seed=s, cutout=8) for s in (0, 1))
+    assert not torch.equal(augmented(first), augmented(second))
+    state = first.state_dict()  # as a checkpoint saves it
+    expected = augmented(first)
+    resumed = CIFAR10DataModule(Synthetic(64, 16), val_size=0, shuffle_seed=0, cutout=8)
+    resumed.load_state_dict(state)
+    assert torch.equal(augmented(resumed), expected)
+
+
+def test_the_test_fingerprint_changes_with_any_image_or_label() -> None:
+    dm = CIFAR10DataModule(Synthetic(num_train=200, num_test=50), val_size=20, split_seed=1)
+    dm.setup()
+    arrays = Synthetic(num_train=200, num_test=50).load()
+    fingerprint = dm.test_data["test_fingerprint"]
+    assert fingerprint == split_fingerprint(arrays.test_images, arrays.test_labels)  # independent of split_seed
+    assert dm.test_data["data_source"].startswith("Synthetic(num_train=200, num_test=50,")
+    labels = arrays.test_labels.copy()
+    labels[7] = (labels[7] + 1) % 10
+    images = arrays.test_images.copy()
+    images[3, 1, 5, 5] ^= 1
+    assert split_fingerprint(arrays.test_images, labels) != fingerprint
+    assert split_fingerprint(images, arrays.test_labels) != fingerprint
+
+
+def test_synthetic_images_depend_on_their_class() -> None:
+    data = Synthetic(num_train=1000, num_test=300, seed=3).load()
+    colour = data.train_images.reshape(1000, 3, -1).mean(2)
+    means = np.stack([colour[data.train_labels == c].mean(0) for c in range(10)])
+    test_colour = data.test_images.reshape(300, 3, -1).mean(2)
+    nearest = ((test_colour[:, None] - means[None]) ** 2).sum(2).argmin(1)
+    assert 0.5 < (nearest == data.test_labels).mean() < 1  # learnable (chance: 0.1), but not trivially
+    small = Synthetic(num_train=40, num_test=8, num_classes=5, image_size=16, seed=1).load()
+    assert small.train_images.shape == (40, 3, 16, 16) and small.test_labels.max() < 5
+    assert np.array_equal(small.test_images, Synthetic(40, 8, 5, 16, seed=1).load().test_images)  # seeded

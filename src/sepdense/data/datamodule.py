@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 from torch import Tensor
 
 from sepdense.data.augment import CIFAR10_MEAN, CIFAR10_STD, cutout, normalize, random_crop_flip
-from sepdense.data.loader import InMemoryLoader, ShardedEpochSampler
+from sepdense.data.loader import InMemoryLoader, ShardedEpochSampler, stream_seed
 from sepdense.data.sources import ImageFolder, OfficialCIFAR10, SplitArrays, Synthetic
 from sepdense.errors import ConfigError, DataError
 
@@ -65,6 +67,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.mean, self.std = tuple(mean), tuple(std)
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
         self.source_index: dict[str, Tensor] = {}
+        # Which images a test was run on: saved with each run's test predictions, so that only runs
+        # tested on the same images with the same labels are paired (see split_fingerprint).
+        self.test_data: dict[str, str] = {}
         # Augmentation draws from its own generator, saved in checkpoints (state_dict), so a resumed
         # run augments exactly as an uninterrupted one would.
         self.generator: torch.Generator | None = None
@@ -113,6 +118,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
         }
         # Position of each image in the source's own split (train and val: its training set).
         self.source_index = {split: torch.from_numpy(idx) for split, (_, _, idx) in sources.items()}
+        self.test_data = {
+            "data_source": describe_source(self.source),
+            "test_fingerprint": split_fingerprint(arrays.test_images, arrays.test_labels),
+        }
         if len(train_idx) < self.batch_size:
             raise ConfigError(
                 f"data.batch_size={self.batch_size} is larger than the training split ({len(train_idx)} images), "
@@ -146,7 +155,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def _generator_on(self, device: torch.device) -> torch.Generator:
         if self.generator is None or self.generator.device != device:
             rank = self.trainer.global_rank if self.trainer is not None else 0
-            self.generator = torch.Generator(device).manual_seed(self.shuffle_seed + 1000 * rank)
+            self.generator = torch.Generator(device).manual_seed(stream_seed(self.shuffle_seed, "augment", rank))
             if self._saved_generator_state is not None:
                 self.generator.set_state(self._saved_generator_state)
                 self._saved_generator_state = None
@@ -170,6 +179,21 @@ class CIFAR10DataModule(pl.LightningDataModule):
         training = self.trainer is not None and self.trainer.training
         images = self.augment(images) if training else normalize(images, self.mean, self.std)
         return images, *rest
+
+
+def describe_source(source: Source) -> str:
+    """The source's kind and settings, e.g. ``ImageFolder(root=data/cifar10-jpeg, image_size=32, ...)``."""
+    settings = [f"{k}={v}" for k, v in vars(source).items()
+                if not k.startswith("_") and isinstance(v, str | int | float | bool | Path)]  # fmt: skip
+    return f"{type(source).__name__}({', '.join(settings)})"
+
+
+def split_fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha1 of a split's images and labels in the source's order: equal only for the same images, labels and order."""
+    digest = hashlib.sha1(f"{images.shape}|{images.dtype}|{labels.dtype}".encode())
+    digest.update(np.ascontiguousarray(images).data)
+    digest.update(np.ascontiguousarray(labels, dtype=np.int64).data)
+    return digest.hexdigest()
 
 
 def _check_arrays(arrays: SplitArrays, num_classes: int) -> None:

@@ -7,14 +7,27 @@ index operation on a tensor that already lives on the training device.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import Tensor
 
 
+def stream_seed(seed: int, stream: str, *keys: int) -> int:
+    """A 64-bit seed for one random stream of a run (``stream`` such as "data_order", with e.g. the epoch as key).
+
+    Derived through numpy's ``SeedSequence`` from (seed, stream, keys), so streams of one run, and the
+    same stream of two seeds, are statistically independent: seeding with ``seed + epoch`` would give
+    seed 1 the data orders of seed 0 shifted by one epoch.
+    """
+    spawn_key = (zlib.crc32(stream.encode()), *keys)
+    return int(np.random.SeedSequence(seed, spawn_key=spawn_key).generate_state(1, np.uint64)[0])
+
+
 class ShardedEpochSampler:
-    """The index order of one epoch on one rank, reproducible from (seed, epoch).
+    """The index order of one epoch on one rank, reproducible from (seed, epoch) through ``stream_seed``.
 
     All ranks draw the same permutation and take every ``world_size``-th index from their
     rank on, so their shards are disjoint and together cover the epoch. For training,
@@ -40,7 +53,7 @@ class ShardedEpochSampler:
 
     def indices(self) -> Tensor:
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            generator = torch.Generator().manual_seed(stream_seed(self.seed, "data_order", self.epoch))
             order = torch.randperm(self.num_samples, generator=generator)
         else:
             order = torch.arange(self.num_samples)
