@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import ROOT
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -53,9 +54,15 @@ def test_multirun_ends_with_a_report(sweep: Path) -> None:
     markdown = (report / "report.md").read_text()
     assert "Separable compared with standard convolutions" in markdown
     # Paired by seed on the same test images: the significance line, in words, with the seed count.
-    assert re.search(r"separable vs standard: [+-][\d.]+ ± [\d.]+ points over 2 seeds .*(not )?significant at 5% "
-                     r"over 2 seeds\. McNemar's p per seed: [\d.e-]+, [\d.e-]+\.", markdown)  # fmt: skip
+    line = (r"separable vs standard: [+-][\d.]+ (± [\d.]+ points over|points in each of) 2 seeds .*(not )?"
+            r"significant at 5% over 2 seeds\. McNemar's p per seed: [\d.e-]+, [\d.e-]+\.")  # fmt: skip
+    assert re.search(line, markdown)
     assert len(summary["significance"]) == 1 and len(summary["significance"][0]["pairs"]) == 2
+    assert summary["unpaired"] == [] and "fingerprint unknown" not in markdown
+    for pair in summary["significance"][0]["pairs"]:  # each pair on one test split, as its runs saved it
+        runs = [sweep / r["run"] for r in summary["runs"] if r["seed"] == pair["seed"]]
+        saved = {str(np.load(run / "test_predictions.npz", allow_pickle=False)["test_fingerprint"]) for run in runs}
+        assert len(runs) == 2 and saved == {pair["test_fingerprint"]}
     assert "Accuracy against cost, with each conv type's Pareto front" in markdown
     assert f"{100 * summary['by_conv']['separable']['test/acc']['mean']:.2f}" in markdown
     with open(report / "summary.csv") as f:

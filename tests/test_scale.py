@@ -7,8 +7,9 @@ from pathlib import Path
 
 import hydra
 import pytest
+import pytorch_lightning as pl
 import torch
-from conftest import CONF_DIR, run_entry
+from conftest import CONF_DIR, ROOT, run_entry
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -40,6 +41,32 @@ def test_ddp_on_two_cpu_processes_computes_metrics_over_the_whole_split(tmp_path
     with torch.no_grad():
         accuracy = (net.eval()(normalize(images)).argmax(1) == labels).float().mean().item()
     assert metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+
+
+class NaNOnRankOne(pl.Callback):
+    """Makes the second training batch's images NaN on rank 1 only: its loss is NaN, rank 0's is finite."""
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
+        if trainer.global_rank == 1 and batch_idx == 1:
+            batch[0].fill_(float("nan"))
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_to_stop_on_a_non_finite_loss(tmp_path: Path) -> None:
+    # Without agreement rank 1 stops at step 1 while rank 0, whose loss was finite, goes on and waits for
+    # rank 1 in the next gradient all-reduce (or reports NaN one step later, from the weights it received).
+    overrides = ["data=synthetic", "data.source.num_train=512", "data.source.num_test=64", "data.val_size=64",
+                 "data.batch_size=32", "model.block_config=[1,1]", "model.growth_rate=4", "trainer=ddp",
+                 "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true", "trainer.max_epochs=1",
+                 "trainer.limit_train_batches=4", "trainer.log_every_n_steps=1", "callbacks.progress_bar=null",
+                 "callbacks.model_cost=null",
+                 "+callbacks.nan_on_rank_one._target_=test_scale.NaNOnRankOne"]  # fmt: skip
+    result = run_entry("train.py", *overrides, log_dir=tmp_path, check=False,
+                       env={"PYTHONPATH": str(ROOT / "tests")})  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    stopped = "error: The train loss became NaN or infinite at epoch 0, step 1."
+    assert result.stderr.count(stopped) == 2, result.stderr[-3000:]  # each rank, at the same step
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,19 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from sepdense.report import write_report
-from sepdense.report.significance import PairingError, bootstrap_difference, compare, mcnemar
+from sepdense.report.significance import (
+    Comparison,
+    PairingError,
+    PairResult,
+    bootstrap_difference,
+    compare,
+    describe,
+    mcnemar,
+)
 from sepdense.report.tradeoff import Point, ahead_at_equal_cost, pareto_front
 from sepdense.runs import CONFIG_FILE, METRICS_FILE, Run, load_run, write_predictions
+
+FINGERPRINT = "ab" * 20
 
 
 def test_mcnemar_of_identical_predictions_is_one() -> None:
@@ -33,39 +44,133 @@ def test_mcnemar_of_a_one_sided_disagreement_is_the_exact_binomial() -> None:
     assert 0 <= low < 0.07 < high <= 0.15  # the interval holds the observed +7 points
 
 
-def test_bootstrap_matches_scipy_on_the_same_resamples() -> None:
-    rng = np.random.default_rng(1)
-    base, other = rng.random(2000) < 0.7, rng.random(2000) < 0.75
-    expected = stats.bootstrap((other.astype(float), base.astype(float)),
-                               lambda o, b, axis: o.mean(axis) - b.mean(axis), paired=True, vectorized=True,
-                               n_resamples=2000, method="percentile", rng=np.random.default_rng(0))  # fmt: skip
-    assert bootstrap_difference(base, other) == pytest.approx(
-        (expected.confidence_interval.low, expected.confidence_interval.high)
-    )
+def paired_correctness(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: both right 60%, only the other 15%, only the baseline 10%: a true difference of +5 points."""
+    u = rng.random(n)
+    return (u < 0.6) | ((u >= 0.75) & (u < 0.85)), (u < 0.75)
 
 
-def fake_run(path: Path, conv: str, seed: int, growth_rate: int, accuracy: float, macs: float, fit_s: float) -> Run:
-    """A run directory as training leaves it, with predictions that give ``accuracy`` on 2,000 images."""
+def test_bootstrap_interval_covers_a_known_difference_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(5)
+    covered = [low <= 0.05 <= high for low, high in
+               (bootstrap_difference(*paired_correctness(rng, 400), seed=r) for r in range(100))]  # fmt: skip
+    assert 0.88 <= np.mean(covered) <= 0.99
+    # And as wide as the normal approximation of a paired difference of proportions says.
+    base, other = paired_correctness(rng, 4000)
+    low, high = bootstrap_difference(base, other)
+    b, c, n = np.sum(base & ~other), np.sum(~base & other), len(base)
+    standard_error = np.sqrt((b + c) / n - ((c - b) / n) ** 2) / np.sqrt(n)
+    assert (high - low) / 2 == pytest.approx(1.96 * standard_error, rel=0.1)
+    assert low < (c - b) / n < high
+
+
+def comparison_of(differences_in_images: list[int], images: int = 1000) -> Comparison:
+    """A comparison whose seeds differ by the given numbers of test images (other − baseline)."""
+    pairs = [PairResult(seed=i, images=images, acc_baseline=0.5, acc_other=0.5 + d / images,
+                        only_baseline_right=max(-d, 0) + 3, only_other_right=max(d, 0) + 3, mcnemar_p=1.0,
+                        bootstrap_low=0.0, bootstrap_high=0.0, test_fingerprint=FINGERPRINT)
+             for i, d in enumerate(differences_in_images)]  # fmt: skip
+    return Comparison(conv="separable", baseline="standard", setting="", pairs=pairs)
+
+
+def test_paired_t_test_is_the_textbook_one() -> None:
+    # Differences of 1, 2 and 3 points: mean 2, std 1, t = 2 / (1 / sqrt 3) = 3.464 with 2 degrees of freedom.
+    comparison = comparison_of([10, 20, 30])
+    p_value, low, high = comparison.t_test()
+    assert p_value == pytest.approx(2 * stats.t.sf(2 * np.sqrt(3), df=2))
+    assert p_value == pytest.approx(0.07418, abs=1e-5)
+    half_width = stats.t.ppf(0.975, df=2) * 0.01 / np.sqrt(3)
+    assert (low, high) == pytest.approx((0.02 - half_width, 0.02 + half_width))
+    assert not comparison.significant
+    line = describe(comparison)
+    assert "+2.00 ± 1.00 points over 3 seeds (paired t 95% interval -0.48 to +4.48, p = 0.0742)" in line
+    assert "not significant at 5% over 3 seeds" in line
+
+
+def test_an_identical_difference_in_every_seed_is_not_certainty() -> None:
+    # Two seeds that each differ by one test image: no spread, so no t statistic; not p = 0.
+    comparison = comparison_of([1, 1], images=256)
+    assert comparison.no_spread and comparison.t_test() is None
+    assert comparison.p_value == 0.5 and not comparison.significant
+    line = describe(comparison)
+    assert "+0.39 points in each of 2 seeds (an identical difference in every seed" in line
+    assert "exact sign-flip test over seeds p = 0.5" in line and "not significant at 5% over 2 seeds" in line
+    assert "p = 0 " not in line and "p = 0)" not in line
+    six = comparison_of([4] * 6)  # the sign-flip test can only reach 5% with 6 seeds or more: 2 / 2^6
+    assert six.p_value == pytest.approx(2 / 64) and six.significant
+    assert comparison_of([0, 0, 0]).p_value == 1.0
+
+
+def test_sign_flip_test_equals_scipy_permutation_test() -> None:
+    comparison = comparison_of([12, -3, 7, 9, 4, -1, 15])
+    diffs = comparison.differences
+    expected = stats.permutation_test((diffs, np.zeros_like(diffs)), lambda x, y, axis: np.mean(x - y, axis=axis),
+                                      permutation_type="samples", n_resamples=np.inf, vectorized=True)  # fmt: skip
+    assert comparison.sign_flip_p() == pytest.approx(expected.pvalue)
+
+
+def fake_run(
+    path: Path,
+    conv: str,
+    seed: int,
+    growth_rate: int,
+    accuracy: float,
+    macs: float,
+    fit_s: float,
+    fingerprint: str | None = FINGERPRINT,
+    labels: np.ndarray | None = None,
+    source: str = "Synthetic",
+) -> Run:
+    """A run directory as training leaves it, with predictions that give ``accuracy`` on 2,000 images.
+
+    ``fingerprint`` None: the test predictions of a run saved before fingerprints were recorded.
+    """
     path.mkdir(parents=True)
     (path / CONFIG_FILE).parent.mkdir()
-    OmegaConf.save({"seed": seed, "model": {"conv": conv, "growth_rate": growth_rate, "block_config": [2, 2]}},
-                   path / CONFIG_FILE)  # fmt: skip
-    labels = np.arange(2000) % 10
+    OmegaConf.save({"seed": seed, "model": {"conv": conv, "growth_rate": growth_rate, "block_config": [2, 2]},
+                    "data": {"source": {"_target_": f"sepdense.data.{source}"}}}, path / CONFIG_FILE)  # fmt: skip
+    labels = np.arange(2000) % 10 if labels is None else labels
     rng = np.random.default_rng(seed * 100 + growth_rate + (conv == "separable"))
     right = rng.permutation(2000) < round(accuracy * 2000)
     preds = np.where(right, labels, (labels + 1) % 10)
-    write_predictions(path, {"index": np.arange(2000), "label": labels, "logits": np.eye(10)[preds]},
+    data = {} if fingerprint is None else {"data_source": f"{source}(seed={seed})", "test_fingerprint": fingerprint}
+    write_predictions(path, {"index": np.arange(2000), "label": labels, "logits": np.eye(10)[preds], **data},
                       [f"c{i}" for i in range(10)])  # fmt: skip
     metrics = {"test/acc": float(right.mean()), "model/macs": macs, "time/fit_s": fit_s, "model/params": macs / 300}
     (path / METRICS_FILE).write_text(json.dumps(metrics))
     return load_run(path)
 
 
-def test_pairing_without_a_partner_seed_fails_clearly(tmp_path: Path) -> None:
+def test_a_seed_without_a_partner_is_left_out_with_the_reason(tmp_path: Path) -> None:
     baseline = [fake_run(tmp_path / "s0", "standard", 0, 12, 0.8, 3e8, 100)]
     others = [fake_run(tmp_path / f"p{seed}", "separable", seed, 12, 0.8, 2e8, 90) for seed in (0, 1)]
-    with pytest.raises(PairingError, match=r"p1 \(seed 1\): no standard run with the same seed .* seed=1"):
-        compare(baseline, others)
+    comparison, problems = compare(baseline, others)
+    assert [p.seed for p in comparison.pairs] == [0]
+    assert len(problems) == 1 and re.search(r"p1 \(seed 1\): no standard run with the same seed .* seed=1", problems[0])
+
+
+def test_only_runs_tested_on_the_same_images_and_labels_are_paired(tmp_path: Path) -> None:
+    baseline = [fake_run(tmp_path / f"s{seed}", "standard", seed, 12, 0.8, 3e8, 100) for seed in range(3)]
+    shifted = np.roll(np.arange(2000) % 10, 1)
+    others = [
+        fake_run(tmp_path / "p0", "separable", 0, 12, 0.8, 2e8, 90),
+        fake_run(tmp_path / "p1", "separable", 1, 12, 0.8, 2e8, 90, fingerprint="cd" * 20, source="ImageFolder"),
+        fake_run(tmp_path / "p2", "separable", 2, 12, 0.8, 2e8, 90, fingerprint=None, labels=shifted),
+    ]
+    comparison, problems = compare(baseline, others)
+    assert [p.seed for p in comparison.pairs] == [0]
+    assert "p1 and s1 are not comparable: they were tested on different data (ImageFolder(seed=1), test split sha1 " \
+           "cdcdcdcdcdcd; Synthetic(seed=1), test split sha1 abababababab)" in problems[0]  # fmt: skip
+    assert "p2 and s2 are not comparable: 2,000 of their 2,000 test images have different labels" in problems[1]
+    assert "fingerprint unknown" in problems[1]
+
+
+def test_runs_saved_before_fingerprints_still_pair_and_say_so(tmp_path: Path) -> None:
+    baseline = [fake_run(tmp_path / "s0", "standard", 0, 12, 0.8, 3e8, 100, fingerprint=None)]
+    others = [fake_run(tmp_path / "p0", "separable", 0, 12, 0.75, 2e8, 90)]
+    comparison, problems = compare(baseline, others)
+    assert not problems and comparison.pairs[0].test_fingerprint is None
+    assert "Test-split fingerprint unknown for 1 of the 1 pair(s)" in describe(comparison)
 
 
 def test_a_seed_twice_on_either_side_fails_clearly(tmp_path: Path) -> None:
@@ -87,7 +192,7 @@ def test_a_tradeoff_sweep_reports_significance_and_who_is_ahead_at_equal_cost(tm
             fake_run(sweep / f"standard_k{growth_rate}_s{seed}", "standard", seed, growth_rate, accuracy, macs,
                      macs / 1e6)  # fmt: skip
             fake_run(sweep / f"separable_k{growth_rate}_s{seed}", "separable", seed, growth_rate,
-                     0.62 + 0.05 * np.log(macs / 2e8), macs / 2, macs / 1e6)  # fmt: skip
+                     0.62 + 0.005 * seed + 0.05 * np.log(macs / 2e8), macs / 2, macs / 1e6)  # fmt: skip
     summary = json.loads((write_report(sweep) / "summary.json").read_text())
     assert "At equal MACs" in summary["findings"] and "separable is ahead of standard by" in summary["findings"]
     assert "At equal measured training time" in summary["findings"]
@@ -105,3 +210,28 @@ def test_pareto_front_keeps_only_undominated_points(tmp_path: Path) -> None:
     points = [Point("standard", name, [run]) for name, run in runs.items()]
     assert [p.setting for p in pareto_front(points, "model/macs")] == ["a", "c"]  # b costs more than a, scores less
     assert ahead_at_equal_cost(points[:1], points, "model/macs") is None  # one setting: nothing to interpolate
+
+
+def test_equal_cost_compares_the_pareto_fronts_only(tmp_path: Path) -> None:
+    # Standard's middle width is dominated (dearer than the narrow one, less accurate): off its front. The
+    # fronts are 2 points apart at every cost; with the dominated setting interpolated in, separable would
+    # look ahead around 2e8 MACs.
+    def point(conv: str, name: str, growth_rate: int, accuracy: float, macs: float) -> Point:
+        return Point(conv, name, [fake_run(tmp_path / name, conv, 0, growth_rate, accuracy, macs, 1.0)])
+
+    standard = [point("standard", "a", 6, 0.70, 1e8), point("standard", "b", 12, 0.60, 2e8),
+                point("standard", "c", 24, 0.80, 4e8)]  # fmt: skip
+    separable = [point("separable", "d", 6, 0.68, 1e8), point("separable", "e", 24, 0.78, 4e8)]
+    sentence = ahead_at_equal_cost(separable, standard, "model/macs")
+    assert sentence == ("At equal MACs (100M to 400M; the two Pareto fronts, interpolated between their settings): "
+                        "separable is behind standard by 2.00 to 2.00 points.")  # fmt: skip
+
+
+def test_a_report_keeps_runs_on_different_data_apart(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "standard_cifar", "standard", 0, 12, 0.80, 3e8, 100, source="OfficialCIFAR10")
+    fake_run(sweep / "separable_jpeg", "separable", 0, 12, 0.78, 2e8, 90, fingerprint="cd" * 20, source="ImageFolder")
+    summary = json.loads((write_report(sweep) / "summary.json").read_text())
+    assert summary["significance"] == []
+    assert summary["unpaired"] == ["no standard run at data=ImageFolder to compare separable with."]
+    assert set(summary["by_conv"]) == {"standard (data=OfficialCIFAR10)", "separable (data=ImageFolder)"}

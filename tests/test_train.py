@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from conftest import CONF_DIR, SMOKE, run_entry
 from omegaconf import OmegaConf
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
@@ -44,8 +45,18 @@ def run_dir(request: pytest.FixtureRequest) -> Path:
 def test_a_run_writes_every_output(run_dir: Path) -> None:
     conv = OmegaConf.load(run_dir / ".hydra" / "config.yaml").model.conv
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("test/acc", "test/f1", "test/precision", "test/recall", "val/acc", "train/loss", "val/acc_best"):
-        assert 0 <= metrics[key] < 10, key
+    # The test figures are those of the per-image predictions saved beside them, recomputed here.
+    with np.load(run_dir / "test_predictions.npz", allow_pickle=False) as saved:
+        labels, preds, logits = saved["label"], saved["pred"], saved["logits"].astype(np.float32)
+        assert str(saved["data_source"]).startswith("Synthetic(") and len(str(saved["test_fingerprint"])) == 40
+    assert len(np.unique(preds)) >= 3  # the smoke data is learnable: the model does not predict one class
+    assert 0 < metrics["test/acc"] < 1 and metrics["test/acc"] == pytest.approx(accuracy_score(labels, preds), abs=1e-6)
+    for name, fn in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+        assert metrics[f"test/{name}"] == pytest.approx(fn(labels, preds, average="macro", zero_division=0), abs=1e-6)
+    plain_ce = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)).item()
+    assert metrics["test/loss"] == pytest.approx(plain_ce, abs=5e-3)  # logits are saved in float16
+    for key in ("train/loss", "val/loss", "test/loss"):
+        assert np.isfinite(metrics[key]) and metrics[key] > 0, key
     assert metrics["model/params"] > 0 and metrics["time/train_images_per_s"] > 0 and metrics["time/fit_s"] > 0
     assert (run_dir / "checkpoints" / "best.ckpt").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     saved = (run_dir / ".hydra" / "config.yaml").read_text()
@@ -63,6 +74,9 @@ def test_a_run_writes_every_output(run_dir: Path) -> None:
     # Constants are not curves: they go to metrics.json and HPARAMS, not to one-point SCALARS cards.
     assert not [t for t in tags if t.startswith(("hp/", "model/")) or t == "time/fit_s"]
     assert len(tags["val/acc"]) == 2  # one point per epoch
+    assert metrics["val/acc_best"] == pytest.approx(max(e.value for e in tags["val/acc"]), abs=1e-6)
+    # The step loss once per training step (2 epochs × 4 batches, logged at every step): no step twice.
+    assert len({e.step for e in tags["train/loss_step"]}) == len(tags["train/loss_step"]) == 8
     assert tags["test/acc"][-1].value == pytest.approx(metrics["test/acc"])
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
@@ -128,7 +142,8 @@ def test_logged_metrics_equal_scikit_learn(tmp_path: Path) -> None:
                                    eval_batch_size=64)  # fmt: skip
     # A random linear classifier gives varied predictions, so every class is exercised.
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
-    module = ImageClassifier(net, [f"c{i}" for i in range(10)], optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    module = ImageClassifier(net, [f"c{i}" for i in range(10)], optimizer=lambda p: torch.optim.SGD(p, lr=0.0),
+                             label_smoothing=0.3)  # fmt: skip
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
                          default_root_dir=tmp_path)  # fmt: skip
     trainer.test(module, datamodule=datamodule, verbose=False)
@@ -136,7 +151,11 @@ def test_logged_metrics_equal_scikit_learn(tmp_path: Path) -> None:
 
     images, labels = datamodule.splits["test"]
     with torch.no_grad():
-        preds = net(normalize(images)).argmax(1).numpy()
+        logits = net(normalize(images))
+    # The test loss is plain cross-entropy, whatever label smoothing training uses.
+    assert logged["test/loss"].item() == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert logged["test/loss"].item() != pytest.approx(F.cross_entropy(logits, labels, label_smoothing=0.3).item())
+    preds = logits.argmax(1).numpy()
     labels = labels.numpy()
     assert len(np.unique(preds)) > 3
     assert logged["test/acc"].item() == pytest.approx(accuracy_score(labels, preds), abs=1e-6)
@@ -149,23 +168,37 @@ def test_logged_metrics_equal_scikit_learn(tmp_path: Path) -> None:
     assert module.confusion["test"].sum() == len(labels)
 
 
-def test_non_finite_loss_stops_with_a_message(tmp_path: Path) -> None:
-    class Diverged(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.scale = nn.Parameter(torch.tensor(float("nan")))
+class DivergesInSecondEpoch(pl.Callback):
+    """Turns the network's weights NaN at the start of the second epoch, after the first epoch's checkpoints."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.flatten(1)[:, :10] * self.scale
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                next(pl_module.net.parameters()).fill_(float("nan"))
 
-    datamodule = CIFAR10DataModule(Synthetic(num_train=128, num_test=32), val_size=32, batch_size=32)
-    module = ImageClassifier(Diverged(), [f"c{i}" for i in range(10)], optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, num_sanity_val_steps=0, default_root_dir=tmp_path)  # fmt: skip
-    with pytest.raises(NonFiniteLossError, match=r"The train loss became NaN or infinite at epoch 0, step 0") as info:
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_saved_checkpoints(tmp_path: Path) -> None:
+    pl.seed_everything(0)
+    datamodule = CIFAR10DataModule(Synthetic(num_train=160, num_test=32), val_size=32, batch_size=32)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    module = ImageClassifier(net, [f"c{i}" for i in range(10)], optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="best", monitor="val/acc",
+                                               mode="max", save_last=True)  # fmt: skip
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False,
+                         callbacks=[checkpoints, DivergesInSecondEpoch()], num_sanity_val_steps=0,
+                         log_every_n_steps=2, default_root_dir=tmp_path)  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match=r"The train loss became NaN or infinite at epoch 1, step 4") as info:
         trainer.fit(module, datamodule=datamodule)
-    assert "Lower the learning rate" in str(info.value)
+    assert "Lower the learning rate" in str(info.value) and "checkpoints already saved are kept" in str(info.value)
     assert "32-true" not in str(info.value)  # this run is already in full precision
+    # The first epoch's checkpoints are still there, load, and hold finite weights: none stored the NaN.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    for name in ("best.ckpt", "last.ckpt"):
+        saved = torch.load(tmp_path / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert saved["epoch"] == 0 and saved["global_step"] == 4
+        assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    restored = ImageClassifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), module.class_names)
+    restored.load_state_dict(saved["state_dict"])
 
 
 @pytest.mark.parametrize(

@@ -28,11 +28,13 @@ class NonFiniteLossError(UserError):
 class ImageClassifier(pl.LightningModule):
     """Wraps a network with a (label-smoothed) cross-entropy loss, the optimizer, the LR schedule and the metrics.
 
+    Training minimises the label-smoothed loss; validation and test report plain cross-entropy, the
+    loss that compares across recipes (and the one ``EarlyStopping`` on ``val/loss`` watches).
     Logged per stage (``train/``, ``val/``, ``test/``) once per epoch: loss, acc, macro precision /
     recall / f1; for val and test also per-class precision / recall / f1 (``val/f1/cat``), and the
     confusion matrix is kept in ``self.confusion``. Nothing is read back from the device during
     an epoch except at the logging interval (``trainer.log_every_n_steps``), where a non-finite
-    loss stops training before a checkpoint can store it.
+    loss stops training before a checkpoint can store it (on every rank at once under DDP).
 
     ``net`` is a network, or its config (a ``_target_`` mapping, as in ``conf/model``); given as a
     config it is saved in checkpoints, so ``ImageClassifier.load_from_checkpoint(path)`` rebuilds
@@ -66,12 +68,13 @@ class ImageClassifier(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.class_names = list(class_names)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.eval_criterion = nn.CrossEntropyLoss()
         for stage in STAGES:
             # One metric object per stage, so each stage resets and reduces its own
             # (nn.Module cannot hold an attribute named 'train': that name is nn.Module.train).
             setattr(self, f"{stage}_stats", ClassificationStats(len(self.class_names)))
         self.confusion: dict[str, Tensor] = {}
-        self.predictions: dict[str, Tensor] = {}
+        self.predictions: dict[str, Any] = {}
         self._test_outputs: list[tuple[Tensor, Tensor, Tensor]] = []
         self.cuda_graph = cuda_graph
         self.automatic_optimization = not cuda_graph  # the graphed step runs the optimizer itself
@@ -122,12 +125,13 @@ class ImageClassifier(pl.LightningModule):
         training here, before validation and before a checkpoint could store its weights.
         """
         last = batch_idx + 1 >= self.trainer.num_training_batches
-        if last or self.global_step % self.trainer.log_every_n_steps == 0:
+        at_interval = self.global_step % self.trainer.log_every_n_steps == 0
+        if last or at_interval:
             self._raise_if_not_finite("train")
-            value = self._last_loss.item()
-            self.log("train/loss_step", value, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=1)
-            for logger in self.loggers:
-                logger.log_metrics({"train/loss_step": value}, step=self.global_step)
+        if at_interval:
+            # Lightning sends step metrics to the loggers at this same interval, so one call logs it everywhere.
+            self.log("train/loss_step", self._last_loss.item(), on_step=True, on_epoch=False, prog_bar=True,
+                     batch_size=1)  # fmt: skip
         if last:
             # Logged on the last batch rather than at epoch end, so that callbacks' epoch-end hooks see them.
             self._log_stats("train")
@@ -144,7 +148,8 @@ class ImageClassifier(pl.LightningModule):
 
     def _eval_step(self, batch: tuple[Tensor, ...], stage: str) -> Tensor:
         images, labels = batch[0], batch[1]
-        loss, logits = self.loss_and_logits(images, labels)
+        logits = self(images)
+        loss = self.eval_criterion(logits, labels)
         getattr(self, f"{stage}_stats").update(logits, labels, loss, self.global_step)
         return logits
 
@@ -168,12 +173,18 @@ class ImageClassifier(pl.LightningModule):
             parts = [torch.cat(p) for p in zip(*gathered, strict=True)]
         order = parts[0].argsort()
         self.predictions = {name: p[order] for name, p in zip(("index", "label", "logits"), parts, strict=True)}
+        # Which data these predictions are of (source and test-split fingerprint), saved beside them.
+        self.predictions |= getattr(self.trainer.datamodule, "test_data", {})
         self._test_outputs = []
 
     # Metrics
 
     def _raise_if_not_finite(self, stage: str) -> None:
-        step = int(getattr(self, f"{stage}_stats").nonfinite_step)
+        """Stop on a non-finite loss seen on any rank: all ranks agree first, so none waits for one that stopped."""
+        step = getattr(self, f"{stage}_stats").nonfinite_step.clone()
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(step, op=torch.distributed.ReduceOp.MIN)
+        step = int(step)
         if step == NEVER:
             return
         precision = str(self.trainer.precision)

@@ -32,6 +32,8 @@ BEST_CHECKPOINT = "best.ckpt"
 TENSORBOARD_DIR = "tensorboard"
 REPORT_DIR = "report"
 LOG_FILE = "train.log"
+# What test predictions say about the data they were made on (see write_predictions).
+DATA_IDENTITY = ("data_source", "test_fingerprint")
 # Per-epoch scalars that make the learning curves.
 CURVES = ("train/loss", "val/loss", "train/acc", "val/acc")
 
@@ -97,9 +99,13 @@ def write_predictions(run_dir: Path, predictions: dict[str, Any], class_names: l
     """Per test image: ``index`` (its position in the source's test split), ``label``, ``pred`` and ``logits``.
 
     Compressed, logits in float16 (about 0.2 MB for CIFAR-10's 10,000 test images): enough to pair
-    runs image by image (McNemar's test, bootstrap intervals) without re-running anything.
+    runs image by image (McNemar's test, bootstrap intervals) without re-running anything. With them,
+    when ``predictions`` has them: ``data_source`` (the source's kind and settings) and
+    ``test_fingerprint`` (sha1 of the whole test split's images and labels), which say whether two
+    runs were tested on the same data.
     """
     logits = np.asarray(predictions["logits"], dtype=np.float32)
+    data = {key: np.array(str(predictions[key])) for key in DATA_IDENTITY if key in predictions}
     np.savez_compressed(
         Path(run_dir) / PREDICTIONS_FILE,
         index=np.asarray(predictions["index"], dtype=np.int64),
@@ -107,6 +113,7 @@ def write_predictions(run_dir: Path, predictions: dict[str, Any], class_names: l
         pred=logits.argmax(1),
         logits=logits.astype(np.float16),
         class_names=np.array(class_names),
+        **data,
     )
 
 
@@ -115,7 +122,7 @@ def read_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
     path = Path(run_dir) / PREDICTIONS_FILE
     if not path.is_file():
         return None
-    with np.load(path) as saved:
+    with np.load(path, allow_pickle=False) as saved:  # a file handed to us is data: no pickled objects
         return {name: saved[name] for name in saved.files}
 
 
@@ -142,6 +149,12 @@ class Run:
     @property
     def complete(self) -> bool:
         return self.status == "complete"
+
+    def test_data(self, key: str) -> str | None:
+        """``data_source`` or ``test_fingerprint`` saved with the test predictions; None for runs saved without."""
+        if self.predictions is None or key not in self.predictions:
+            return None
+        return str(self.predictions[key])
 
 
 def read_curves(event_dir: Path, tags: tuple[str, ...] | None = CURVES) -> dict[str, list[tuple[int, float]]]:

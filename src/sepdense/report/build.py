@@ -11,7 +11,15 @@ from sepdense.report.aggregate import EFFICIENCY, QUALITY, Cell, aggregate, by_c
 from sepdense.report.figures import plot_confusion, plot_conv_curves, plot_run_curves, plot_tradeoff
 from sepdense.report.findings import findings
 from sepdense.report.significance import Comparison, PairingError, compare, describe
-from sepdense.report.tradeoff import COSTS, Point, ahead_at_equal_cost, points, setting_label, varying_settings
+from sepdense.report.tradeoff import (
+    COSTS,
+    Point,
+    ahead_at_equal_cost,
+    dataset,
+    points,
+    setting_label,
+    varying_settings,
+)
 from sepdense.runs import REPORT_DIR, Run, find_run_dirs, load_run
 from sepdense.tables import format_value, markdown_table, write_csv, write_json
 
@@ -19,7 +27,13 @@ HOW_TO_READ = (
     "How to read this: a difference is *significant at 5%* when chance alone would produce one at least "
     "as large less than 5% of the time. With one seed per conv type that is McNemar's exact test on the "
     "images exactly one of the two runs gets right, which covers the sampling of test images only; with "
-    "several seeds it is a paired t-test over seeds, which also covers the variation between trainings."
+    "several seeds it is a paired t-test over seeds, which also covers the variation between trainings. "
+    "When every seed gives the identical difference, the t-test is undefined (no spread) and the verdict "
+    "is the exact sign-flip test over seeds, whose p cannot fall below 2 / 2^n with n seeds (0.5 with 2, "
+    "0.25 with 3): fewer than 6 seeds can then never be significant. Runs are paired only when they were "
+    "tested on the same images with the same labels (the test split's fingerprint saved with each run); "
+    "the others are listed as not compared, with the reason. At equal cost, the two conv types' Pareto "
+    "fronts are compared: the settings that no cheaper setting of the same conv type beats."
 )
 
 
@@ -52,26 +66,34 @@ def significance(cells: dict[Cell, list[Run]]) -> tuple[list[Comparison], list[s
         if conv == BASELINE_CONV:
             continue
         baseline = cells.get((BASELINE_CONV, setting), [])
+        if not baseline:
+            problems.append(f"no {BASELINE_CONV} run{setting and f' at {setting}'} to compare {conv} with.")
+            continue
         try:
-            if not baseline:
-                raise PairingError(f"no {BASELINE_CONV} run{setting and f' at {setting}'} to compare {conv} with.")
-            comparisons.append(compare(baseline, runs, setting))
+            comparison, unpaired = compare(baseline, runs, setting)
         except PairingError as err:
             problems.append(str(err))
+            continue
+        comparisons += [comparison] if comparison is not None else []
+        problems += unpaired
     return comparisons, problems
 
 
 def equal_cost(conv_points: dict[str, list[Point]]) -> list[str]:
-    """Sentences on which conv type is ahead at equal MACs and at equal measured training time."""
+    """Sentences on which conv type's front is ahead at equal MACs and at equal measured training time, per dataset."""
     if BASELINE_CONV not in conv_points:
         return []
+    datasets = list(dict.fromkeys(dataset(p.runs[0]) for ps in conv_points.values() for p in ps))
     sentences = []
-    for conv, ps in conv_points.items():
-        if conv != BASELINE_CONV:
+    for data in datasets:
+        on = {conv: [p for p in ps if dataset(p.runs[0]) == data] for conv, ps in conv_points.items()}
+        for conv, ps in on.items():
+            if conv == BASELINE_CONV:
+                continue
             for cost in ("model/macs", "time/fit_s"):
-                sentence = ahead_at_equal_cost(ps, conv_points[BASELINE_CONV], cost)
+                sentence = ahead_at_equal_cost(ps, on[BASELINE_CONV], cost) if ps and on[BASELINE_CONV] else None
                 if sentence:
-                    sentences.append(sentence)
+                    sentences.append(f"On {data}: {sentence}" if len(datasets) > 1 else sentence)
     return sentences
 
 
@@ -104,7 +126,8 @@ def write_report(root: Path) -> Path:
         "runs": run_rows,
         "by_conv": {cell_name(key): s for key, s in stats.items()},
         "significance": [{"conv": c.conv, "baseline": c.baseline, "setting": c.setting, "significant": c.significant,
-                          "pairs": [asdict(p) for p in c.pairs], "t_test": c.t_test()} for c in comparisons],
+                          "p_value": c.p_value, "no_spread": c.no_spread, "pairs": [asdict(p) for p in c.pairs],
+                          "t_test": c.t_test(), "sign_flip_p": c.sign_flip_p()} for c in comparisons],
         "unpaired": problems,
         "equal_cost": cost_sentences,
         "findings": paragraph,

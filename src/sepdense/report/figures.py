@@ -15,7 +15,8 @@ from sepdense.report.tradeoff import Point, pareto_front
 from sepdense.runs import Run
 
 STAGE_STYLE = {"train": {"color": "tab:blue", "marker": "o"}, "val": {"color": "tab:red", "marker": "s"}}
-METRIC_LABEL = {"loss": "loss (cross-entropy, label-smoothed)", "acc": "accuracy (%)"}
+# Training minimises the label-smoothed loss; validation reports plain cross-entropy (see module.py).
+METRIC_LABEL = {"loss": "loss (train: label-smoothed CE; val: plain CE)", "acc": "accuracy (%)"}
 STAGE_NAME = {"train": "training", "val": "validation"}
 
 

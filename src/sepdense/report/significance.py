@@ -1,19 +1,23 @@
 """Is a conv type's accuracy difference from the baseline real? Paired tests on the same test images.
 
 Runs are paired by seed and network settings (a separable run with seed 1 and growth rate 12
-against the standard run with seed 1 and growth rate 12) and compared image by image, from the
-predictions each run saved:
+against the standard run with seed 1 and growth rate 12), only when both were tested on the same
+images with the same labels (equal test-split fingerprints, image indices and labels), and
+compared image by image, from the predictions each run saved:
 
 - McNemar's exact test per pair: of the images exactly one of the two gets right, does each get
   its share? (``scipy.stats.binomtest`` on the discordant counts);
 - a bootstrap 95% interval of the accuracy difference per pair, resampling test images
   (``scipy.stats.bootstrap``, paired);
 - with several seeds, the mean ± std of the differences and a paired t-interval over seeds
-  (``scipy.stats.ttest_rel``), which also covers seed-to-seed variation.
+  (``scipy.stats.ttest_rel``), which also covers seed-to-seed variation. When every seed gives the
+  same difference the t statistic is undefined (zero spread); the verdict then rests on the exact
+  sign-flip test over seeds, which with n seeds can give no p below 2 / 2^n.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,10 +45,12 @@ class PairResult:
     mcnemar_p: float
     bootstrap_low: float
     bootstrap_high: float
+    test_fingerprint: str | None = None  # None: a run saved before fingerprints were recorded
 
     @property
     def difference(self) -> float:
-        return self.acc_other - self.acc_baseline
+        """acc_other − acc_baseline, from the discordant counts, so equal counts give exactly equal differences."""
+        return (self.only_other_right - self.only_baseline_right) / self.images
 
 
 @dataclass
@@ -60,24 +66,45 @@ class Comparison:
     def differences(self) -> np.ndarray:
         return np.array([p.difference for p in self.pairs])
 
+    @property
+    def no_spread(self) -> bool:
+        """Several seeds that all give the same difference: a t statistic would divide by a zero std."""
+        return len(self.pairs) > 1 and bool(np.all(self.differences == self.differences[0]))
+
     def t_test(self) -> tuple[float, float, float] | None:
-        """(p-value, interval low, interval high) of the mean difference over seeds; None for one seed."""
-        if len(self.pairs) < 2:
+        """(p-value, interval low, interval high) of the mean difference over seeds; None for one seed or no spread."""
+        if len(self.pairs) < 2 or self.no_spread:
             return None
         other = [p.acc_other for p in self.pairs]
         base = [p.acc_baseline for p in self.pairs]
-        if np.allclose(self.differences, self.differences[0]):  # no spread: the t statistic is undefined
-            p_value = 1.0 if self.differences[0] == 0 else 0.0
-            return p_value, float(self.differences[0]), float(self.differences[0])
         result = stats.ttest_rel(other, base)
         interval = result.confidence_interval(CONFIDENCE)
         return float(result.pvalue), float(interval.low), float(interval.high)
 
+    def sign_flip_p(self) -> float | None:
+        """Exact two-sided sign-flip (paired permutation) test over seeds; None for one seed.
+
+        Under "no difference" each seed's difference is as likely positive as negative: p is the share
+        of the 2^n sign assignments whose mean is at least as far from 0 as the observed one.
+        """
+        if len(self.pairs) < 2:
+            return None
+        diffs = self.differences
+        signs = np.array(list(itertools.product((1, -1), repeat=len(diffs))))
+        means = np.abs(signs @ diffs) / len(diffs)
+        return float(np.mean(means >= abs(diffs.mean()) - 1e-12))
+
+    @property
+    def p_value(self) -> float:
+        """The verdict's p: McNemar's (one seed), the paired t-test's (seeds), the sign-flip test's (no spread)."""
+        if len(self.pairs) == 1:
+            return self.pairs[0].mcnemar_p
+        t_test = self.t_test()
+        return t_test[0] if t_test is not None else self.sign_flip_p()
+
     @property
     def significant(self) -> bool:
-        """At 5%: over seeds by the paired t-test when there are several, else by McNemar's test."""
-        t_test = self.t_test()
-        return t_test[0] < 0.05 if t_test is not None else self.pairs[0].mcnemar_p < 0.05
+        return self.p_value < 0.05
 
 
 def correctness(run: Run) -> tuple[np.ndarray, np.ndarray]:
@@ -112,17 +139,42 @@ def bootstrap_difference(baseline_right: np.ndarray, other_right: np.ndarray, se
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def _data(run: Run) -> str:
+    fingerprint = run.test_data("test_fingerprint")
+    source = run.test_data("data_source") or "source unknown"
+    return f"{source}, test split sha1 {fingerprint[:12]}" if fingerprint else f"{source}, fingerprint unknown"
+
+
+def check_comparable(baseline: Run, other: Run) -> None:
+    """Raise PairingError unless both runs were tested on the same images with the same labels."""
+    why = f"{other.name} and {baseline.name} are not comparable:"
+    fingerprints = other.test_data("test_fingerprint"), baseline.test_data("test_fingerprint")
+    if None not in fingerprints and fingerprints[0] != fingerprints[1]:
+        raise PairingError(f"{why} they were tested on different data ({_data(other)}; {_data(baseline)}); only "
+                           f"runs tested on the same images with the same labels are paired.")  # fmt: skip
+    other_index, base_index = (np.sort(r.predictions["index"]) for r in (other, baseline))
+    if not np.array_equal(base_index, other_index):
+        raise PairingError(f"{why} they were tested on different images ({len(other_index):,} and "
+                           f"{len(base_index):,} images, not the same indices); compare runs tested on the same "
+                           f"test images.")  # fmt: skip
+    other_labels, base_labels = (r.predictions["label"][np.argsort(r.predictions["index"])] for r in (other, baseline))
+    if not np.array_equal(base_labels, other_labels):
+        changed = int(np.sum(base_labels != other_labels))
+        raise PairingError(f"{why} {changed:,} of their {len(base_labels):,} test images have different labels "
+                           f"({_data(other)}; {_data(baseline)}).")  # fmt: skip
+
+
 def compare_pair(baseline: Run, other: Run) -> PairResult:
     base_index, base_right = correctness(baseline)
-    other_index, other_right = correctness(other)
-    if not np.array_equal(base_index, other_index):
-        raise PairingError(f"{other.name} and {baseline.name} were tested on different images; compare runs "
-                           f"tested on the same data.")  # fmt: skip
+    _, other_right = correctness(other)
+    check_comparable(baseline, other)
     b, c, p_value = mcnemar(base_right, other_right)
     low, high = bootstrap_difference(base_right, other_right)
+    fingerprints = {baseline.test_data("test_fingerprint"), other.test_data("test_fingerprint")}
     return PairResult(seed=other.seed, images=len(base_index), acc_baseline=float(base_right.mean()),
                       acc_other=float(other_right.mean()), only_baseline_right=b, only_other_right=c,
-                      mcnemar_p=p_value, bootstrap_low=low, bootstrap_high=high)  # fmt: skip
+                      mcnemar_p=p_value, bootstrap_low=low, bootstrap_high=high,
+                      test_fingerprint=None if None in fingerprints else fingerprints.pop())  # fmt: skip
 
 
 def _one_run_per_seed(runs: list[Run], setting: str) -> dict[int | None, Run]:
@@ -135,22 +187,33 @@ def _one_run_per_seed(runs: list[Run], setting: str) -> dict[int | None, Run]:
     return by_seed
 
 
-def compare(baseline_runs: list[Run], other_runs: list[Run], setting: str = "") -> Comparison:
-    """Pair ``other_runs`` with ``baseline_runs`` by seed (all at one network setting) and test each pair."""
+def compare(baseline_runs: list[Run], other_runs: list[Run], setting: str = "") -> tuple[Comparison | None, list[str]]:
+    """Pair ``other_runs`` with ``baseline_runs`` by seed (all at one network setting) and test each pair.
+
+    Returns the comparison of the pairs that are comparable (None if there is none) and, for every
+    run left out, why. A seed twice on one side is refused (PairingError): which run counts is the user's call.
+    """
     by_seed = _one_run_per_seed(baseline_runs, setting)
     _one_run_per_seed(other_runs, setting)  # a seed twice would count one pair twice
     other_conv = other_runs[0].conv if other_runs else "?"
     baseline_conv = baseline_runs[0].conv if baseline_runs else "?"
+    problems = []
     unpaired = [r for r in other_runs if r.seed not in by_seed]
     if unpaired:
         names = ", ".join(f"{r.name} (seed {r.seed})" for r in unpaired)
         seeds = ",".join(str(r.seed) for r in unpaired)
-        raise PairingError(
+        problems.append(
             f"{names}: no {baseline_conv} run with the same seed{setting and f' at {setting}'} to pair with; "
             f"run the missing {baseline_conv} seed(s) (model.conv={baseline_conv} seed={seeds}) or leave them out."
         )
-    pairs = [compare_pair(by_seed[r.seed], r) for r in sorted(other_runs, key=lambda r: (r.seed is None, r.seed))]
-    return Comparison(conv=other_conv, baseline=baseline_conv, setting=setting, pairs=pairs)
+    pairs = []
+    for run in sorted((r for r in other_runs if r.seed in by_seed), key=lambda r: (r.seed is None, r.seed)):
+        try:
+            pairs.append(compare_pair(by_seed[run.seed], run))
+        except PairingError as err:
+            problems.append(str(err))
+    comparison = Comparison(conv=other_conv, baseline=baseline_conv, setting=setting, pairs=pairs) if pairs else None
+    return comparison, problems
 
 
 def describe(comparison: Comparison) -> str:
@@ -159,6 +222,13 @@ def describe(comparison: Comparison) -> str:
     diffs = 100 * comparison.differences
     where = f" at {comparison.setting}" if comparison.setting else ""
     verdict = "significant" if comparison.significant else "not significant"
+    unknown = sum(p.test_fingerprint is None for p in comparison.pairs)
+    caveat = (
+        f" Test-split fingerprint unknown for {unknown} of the {n} pair(s) (runs saved before fingerprints were "
+        f"recorded): paired on equal image indices and labels only."
+        if unknown
+        else ""
+    )
     if n == 1:
         pair = comparison.pairs[0]
         return (
@@ -166,12 +236,22 @@ def describe(comparison: Comparison) -> str:
             f"(bootstrap 95% interval {100 * pair.bootstrap_low:+.2f} to {100 * pair.bootstrap_high:+.2f}); "
             f"McNemar's exact test p = {pair.mcnemar_p:.3g} ({pair.only_other_right} images only {comparison.conv} "
             f"got right, {pair.only_baseline_right} only {comparison.baseline}): {verdict} at 5% with one seed, "
-            f"which covers the sampling of test images but not the variation between training seeds."
+            f"which covers the sampling of test images but not the variation between training seeds.{caveat}"
         )
-    p_value, low, high = comparison.t_test()
     mcnemar_ps = ", ".join(f"{p.mcnemar_p:.2g}" for p in comparison.pairs)
+    if comparison.no_spread:
+        test = (
+            f"{diffs[0]:+.2f} points in each of {n} seeds (an identical difference in every seed: with no spread the "
+            f"paired t-test is undefined; exact sign-flip test over seeds p = {comparison.p_value:.3g}, the smallest "
+            f"it can give with {n} seeds)"
+        )
+    else:
+        _, low, high = comparison.t_test()
+        test = (
+            f"{diffs.mean():+.2f} ± {diffs.std(ddof=1):.2f} points over {n} seeds (paired t 95% interval "
+            f"{100 * low:+.2f} to {100 * high:+.2f}, p = {comparison.p_value:.3g})"
+        )
     return (
-        f"{comparison.conv} vs {comparison.baseline}{where}: {diffs.mean():+.2f} ± {diffs.std(ddof=1):.2f} points over "
-        f"{n} seeds (paired t 95% interval {100 * low:+.2f} to {100 * high:+.2f}, p = {p_value:.3g}): {verdict} at 5% "
-        f"over {n} seeds. McNemar's p per seed: {mcnemar_ps}."
+        f"{comparison.conv} vs {comparison.baseline}{where}: {test}: {verdict} at 5% over {n} seeds. "
+        f"McNemar's p per seed: {mcnemar_ps}.{caveat}"
     )

@@ -2,14 +2,15 @@
 each conv type's Pareto front, and which conv type is ahead at equal cost.
 
 A sweep such as ``experiment=tradeoff`` (growth rate 6, 12, 24 × conv type) gives each conv type
-a curve of test accuracy against cost; comparing the curves at equal MACs or equal measured
-training time says whether one conv type buys more accuracy for the same cost, which a single
-width cannot tell apart from "a narrower standard net would do the same".
+a curve of test accuracy against cost; comparing the two Pareto fronts at equal MACs or equal
+measured training time says whether one conv type buys more accuracy for the same cost, which a
+single width cannot tell apart from "a narrower standard net would do the same".
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -39,20 +40,31 @@ class Point:
         return self.mean("test/acc")
 
 
-def _model_settings(run: Run) -> dict[str, str]:
+def dataset(run: Run) -> str:
+    """Which data a run used, from its config: the source's kind and, for files, the folder or archive name."""
+    source = OmegaConf.select(run.config, "data.source", default=None) if run.config is not None else None
+    if source is None:
+        return "?"
+    kind = str(source.get("_target_", "?")).rsplit(".", 1)[-1]
+    root = OmegaConf.select(source, "root", default=None)
+    return f"{kind}:{Path(str(root)).name}" if root else kind
+
+
+def _settings(run: Run) -> dict[str, str]:
+    """The network settings of a run and, as ``data``, its dataset: runs on different data never share a cell."""
     model = OmegaConf.to_container(run.config.model, resolve=True) if run.config is not None else {}
-    return {k: str(v) for k, v in model.items() if k not in ("conv", "_target_")}
+    return {**{k: str(v) for k, v in model.items() if k not in ("conv", "_target_")}, "data": dataset(run)}
 
 
 def varying_settings(runs: list[Run]) -> list[str]:
-    """The model config keys whose values differ between runs (apart from the conv type)."""
-    settings = [_model_settings(r) for r in runs]
+    """The settings (model config keys, and ``data``) whose values differ between runs (apart from the conv type)."""
+    settings = [_settings(r) for r in runs]
     keys = sorted({k for s in settings for k in s})
     return [k for k in keys if len({s.get(k) for s in settings}) > 1]
 
 
 def setting_label(run: Run, keys: list[str]) -> str:
-    settings = _model_settings(run)
+    settings = _settings(run)
     return ", ".join(f"{k}={settings.get(k)}" for k in keys)
 
 
@@ -84,13 +96,15 @@ def _curve(conv_points: list[Point], cost: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def ahead_at_equal_cost(other: list[Point], baseline: list[Point], cost: str) -> str | None:
-    """Which conv type is ahead where both curves cover the same cost, interpolated between settings.
+    """Which conv type's Pareto front is ahead where both fronts cover the same cost.
 
-    Accuracy is interpolated linearly in log(cost) between each conv type's settings and compared
-    at five costs spread over the range both cover. None when a conv type has fewer than two
-    settings or the ranges do not overlap.
+    Only each conv type's Pareto front counts (a setting that a cheaper one of the same conv type
+    beats is not what anyone would choose at its cost). Accuracy is interpolated linearly in
+    log(cost) between the settings of each front and compared at five costs spread over the range
+    both fronts cover. None when a front has fewer than two settings or the ranges do not overlap.
     """
-    (x_other, y_other), (x_base, y_base) = _curve(other, cost), _curve(baseline, cost)
+    fronts = pareto_front(other, cost), pareto_front(baseline, cost)
+    (x_other, y_other), (x_base, y_base) = (_curve(front, cost) for front in fronts)
     if len(x_other) < 2 or len(x_base) < 2:
         return None
     low, high = max(x_other[0], x_base[0]), min(x_other[-1], x_base[-1])
@@ -106,10 +120,12 @@ def ahead_at_equal_cost(other: list[Point], baseline: list[Point], cost: str) ->
         verdict = f"{conv} is behind {base} by {-gaps.max():.2f} to {-gaps.min():.2f} points"
     else:
         verdict = f"neither is ahead throughout ({conv} − {base}: {gaps.min():+.2f} to {gaps.max():+.2f} points)"
-    return f"At equal {what} ({span}, interpolated between settings): {verdict}."
+    return f"At equal {what} ({span}; the two Pareto fronts, interpolated between their settings): {verdict}."
 
 
 def _format(cost: str, value: float) -> str:
     if cost == "time/fit_s":
         return f"{value:,.0f} s"
+    if cost.endswith("_ms"):  # a latency (the report's deployed section)
+        return f"{value:.3g} ms"
     return f"{value / 1e6:,.3g}M"
