@@ -42,11 +42,12 @@ class Point:
 
 def dataset(run: Run) -> str:
     """Which data a run used, from its config: the source's kind and, for files, the folder or archive name."""
-    source = OmegaConf.select(run.config, "data.source", default=None) if run.config is not None else None
-    if source is None:
+    config = OmegaConf.to_container(run.config, resolve=False) if run.config is not None else {}
+    source = (config.get("data") or {}).get("source")
+    if not isinstance(source, dict):
         return "?"
     kind = str(source.get("_target_", "?")).rsplit(".", 1)[-1]
-    root = OmegaConf.select(source, "root", default=None)
+    root = source.get("root")  # as saved, unresolved: its last part names the folder or archive either way
     return f"{kind}:{Path(str(root)).name}" if root else kind
 
 
