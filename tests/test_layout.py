@@ -14,7 +14,7 @@ FLOORS = [
     {"errors", "cli", "tables", "measure", "runs", "resolvers", "checkpoints"},
     {"data", "models"},
     {"runtime", "optim", "metrics", "plotting", "precision", "checkpoint_io"},
-    {"module", "callbacks"},
+    {"module", "callbacks", "tracking"},
     {"train", "evaluate", "bench"},
     {"report"},
 ]

@@ -11,12 +11,8 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
-from pytorch_lightning.loggers import TensorBoardLogger
-from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
-from torch.utils.tensorboard.summary import hparams
 
 from sepdense.callbacks import SummaryCallback
-from sepdense.checkpoints import load_checkpoint
 from sepdense.cli import find_user_error, quiet_libraries
 from sepdense.errors import ConfigError
 from sepdense.measure import environment
@@ -32,17 +28,9 @@ from sepdense.runs import (
     write_predictions,
 )
 from sepdense.runtime import reuse_freed_memory
+from sepdense.tracking import build_loggers, finish_tracking
 
 log = logging.getLogger(__name__)
-# TensorBoard's HPARAMS tab: the values that tell runs apart and the recipe (the whole config is in
-# .hydra/config.yaml), the measured size, and as metrics the final values of curves already logged.
-HPARAMS_FIRST = ("model.conv", "seed")
-HPARAMS_RECIPE = ("data.batch_size", "model.block_config", "model.growth_rate", "model.bottleneck",
-                  "model.separable_mid_norm", "optimizer.lr", "optimizer.weight_decay", "trainer.max_epochs",
-                  "trainer.precision", "module.label_smoothing", "module.channels_last", "module.compile",
-                  "module.cuda_graph")  # fmt: skip
-HPARAMS_MEASURED = ("model/params", "model/macs", "model/latency_b1_ms", "time/fit_s")
-HPARAMS_METRICS = ("test/acc", "test/f1", "val/acc", "time/train_images_per_s")
 
 
 def config_nodes(group: DictConfig | None) -> list[DictConfig]:
@@ -52,18 +40,6 @@ def config_nodes(group: DictConfig | None) -> list[DictConfig]:
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(node) for node in config_nodes(group)]
-
-
-def flatten(cfg: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested config to 'a.b.c' keys (as on the command line) with TensorBoard-friendly values."""
-    flat: dict[str, Any] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value if isinstance(value, int | float | str | bool) else str(value)
-    return flat
 
 
 def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -83,41 +59,6 @@ def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
             return str(last)
         log.warning("resume is set but %s does not exist: starting from scratch.", last)
     return None
-
-
-def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Any]:
-    """The configured loggers; resuming, TensorBoard hides what the interrupted run logged after the checkpoint."""
-    loggers = []
-    for node in config_nodes(cfg.get("logger")):
-        kwargs = {}
-        if ckpt_path and node._target_.endswith("TensorBoardLogger"):
-            # The steps between the checkpoint and the crash are trained again; without purge_step they
-            # would show twice. Events at steps up to the checkpoint's (its last epoch's metrics) stay.
-            # Memory-mapped: only the step counter is read here; Lightning loads the whole checkpoint later.
-            saved = load_checkpoint(ckpt_path, mmap=True)
-            kwargs["purge_step"] = saved["global_step"] + 1
-        loggers.append(hydra.utils.instantiate(node, **kwargs))
-    return loggers
-
-
-def write_hparams(logger: TensorBoardLogger, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """The HPARAMS tab: one row per run, conv type and seed first, then the recipe and the measured size."""
-    config = flatten(OmegaConf.to_container(cfg, resolve=True))
-    values = {k: config[k] for k in (*HPARAMS_FIRST, *HPARAMS_RECIPE) if k in config}
-    values["data.source"] = str(OmegaConf.select(cfg, "data.source._target_", default="?")).rsplit(".", 1)[-1]
-    values |= {k.replace("/", "."): metrics[k] for k in HPARAMS_MEASURED if k in metrics}
-    values = {k: v if v is not None else "null" for k, v in values.items()}
-    experiment, start, end = hparams(values, {k: metrics.get(k, 0.0) for k in HPARAMS_METRICS})
-    # TensorBoard shows columns with `differs` set first, then by name, and the first five by default:
-    # marking the two that tell the runs of a comparison apart puts them in front.
-    data = HParamsPluginData.FromString(experiment.value[0].metadata.plugin_data.content)
-    for info in data.experiment.hparam_infos:
-        info.differs = info.name in HPARAMS_FIRST
-    experiment.value[0].metadata.plugin_data.content = data.SerializeToString()
-    # Written directly (not through logger.log_hyperparams): that would log each metric again as a
-    # one-point curve at step 0. The HPARAMS tab reads the metrics' last values from their curves.
-    for summary in (experiment, start, end):
-        logger.experiment._get_file_writer().add_summary(summary)  # reopens the writer that test() closed
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -187,8 +128,5 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         if "test" in module.confusion:
             write_confusion(output_dir, module.class_names, module.confusion["test"].tolist())
             write_predictions(output_dir, module.predictions, module.class_names)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                write_hparams(logger, cfg, metrics)
-                logger.finalize("success")
+        finish_tracking(trainer.loggers, cfg, metrics, output_dir)
     return metrics

@@ -10,6 +10,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sepdense.report.build import write_report
+from sepdense.tracking import log_report
 
 
 class ReportCallback(Callback):
@@ -34,6 +35,7 @@ class ReportCallback(Callback):
             return
         try:
             print(f"[sepdense] report: {write_report(root) / 'report.md'}")
+            log_report(root)  # a run tracked in MLflow gets its report as artifacts too
         except Exception as err:  # the runs themselves are saved; a report problem must not look like a failed run
             print(f"[sepdense] could not write the report for {root} ({type(err).__name__}: {err}); "
                   f"run `python -m sepdense.report {root}` to retry.")  # fmt: skip
