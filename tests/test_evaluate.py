@@ -58,7 +58,10 @@ def test_a_checkpoint_loads_by_itself(trained_run: Path) -> None:
     ("override", "message"),
     [
         ("ckpt_path=/no/such/run", "error: ckpt_path=/no/such/run does not exist"),
+        ("", "error: ckpt_path is missing; give a run directory or a .ckpt file"),
+        ("ckpt_path=TRUNCATED", "truncated.ckpt is not a readable checkpoint (truncated or damaged"),
         ("split=train", "error: split=train is not a split; use one of: test, val"),
+        ("quantize=int8", "error: quantize=int8 runs the quantized model in ONNX Runtime; add engine=onnxruntime"),
         (
             "data=synthetic data.source.num_classes=5",
             "but the data has ['class0', 'class1', 'class2', 'class3', 'class4']; evaluate it on data with the same",
@@ -66,6 +69,13 @@ def test_a_checkpoint_loads_by_itself(trained_run: Path) -> None:
     ],
 )
 def test_evaluate_mistakes_end_in_one_line(override: str, message: str, trained_run: Path, tmp_path: Path) -> None:
-    args = [override] if override.startswith("ckpt_path") else [f"ckpt_path={trained_run}", *override.split()]
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((trained_run / "checkpoints" / "best.ckpt").read_bytes()[:4096])  # a copy cut short
+    if override.startswith("ckpt_path") or not override:
+        args = [override.replace("TRUNCATED", str(truncated))] if override else []
+    else:
+        args = [f"ckpt_path={trained_run}", *override.split()]
     result = run_entry("-m", "sepdense.evaluate", *args, log_dir=tmp_path, check=False)
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not list((tmp_path / "evaluate" / "runs").glob("*"))  # a failed evaluation leaves no run directory

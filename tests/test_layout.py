@@ -13,9 +13,9 @@ PACKAGE = ROOT / "src" / "sepdense"
 FLOORS = [
     {"errors", "cli", "tables", "measure", "runs", "resolvers", "checkpoints"},
     {"data", "models"},
-    {"runtime", "optim", "metrics", "plotting", "precision", "checkpoint_io"},
+    {"runtime", "optim", "metrics", "plotting", "precision", "checkpoint_io", "deployment"},
     {"module", "callbacks", "tracking"},
-    {"train", "evaluate", "bench"},
+    {"train", "evaluate", "export", "bench"},
     {"report"},
 ]
 FLOOR_OF = {unit: level for level, units in enumerate(FLOORS) for unit in units}

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from sepdense.bench.data import benchmark_data
+from sepdense.bench.deploy import DEPLOY_METHOD, benchmark_deploy
 from sepdense.bench.layer import benchmark_layers
 from sepdense.bench.model import benchmark_model
 from sepdense.bench.plots import plot_layer_gap, plot_model_costs
@@ -21,7 +22,7 @@ from sepdense.runtime import reuse_freed_memory
 from sepdense.tables import format_value, markdown_table
 
 log = logging.getLogger(__name__)
-LEVELS = ("layer", "model", "data", "speed")
+LEVELS = ("layer", "model", "data", "speed", "deploy")
 COMPARISON_COLUMNS = """
 Columns: each ratio is the conv type's figure divided by the baseline's in the same setting (below 1:
 fewer parameters or MACs, lower latency; above 1 for images/s: faster). `share_of_mac_saving_realised`
@@ -97,6 +98,16 @@ def run_benchmark(cfg: DictConfig) -> dict:
         title = f"Training step, batch {p.batch}: eager, compiled ({p.compile_mode}), graphed (GPU only)"
         tables[title] = markdown_table(rows)
         tables["Training step: ratios"] = markdown_table(comparison)
+
+    if "deploy" in cfg.levels:
+        p = cfg.deploy_level
+        log.info("Deploy level: %s in ONNX Runtime on the CPU, fp32 and int8", model_kwargs)
+        rows, comparison = benchmark_deploy(model_kwargs, p.batch, p.min_run_time, p.calibration_images, p.memory)
+        results["levels"]["deploy"], results["levels"]["deploy_comparison"] = rows, comparison
+        tables["Deployed: ONNX Runtime on the CPU, random weights"] = (
+            markdown_table(rows) + f"\nMethod: {DEPLOY_METHOD}.\n"
+        )
+        tables["Deployed: ratios"] = markdown_table(comparison)
 
     write_results(out_dir, results, tables)
     print(f"Machine: {machine_line(results['machine'])}\n")

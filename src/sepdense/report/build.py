@@ -8,6 +8,7 @@ from pathlib import Path
 from sepdense.measure import LATENCY_METHOD
 from sepdense.models import BASELINE_CONV
 from sepdense.report.aggregate import EFFICIENCY, QUALITY, Cell, aggregate, by_cell, by_conv, cell, cell_name
+from sepdense.report.deployed import deployed_section
 from sepdense.report.figures import plot_confusion, plot_conv_curves, plot_run_curves, plot_tradeoff
 from sepdense.report.findings import findings
 from sepdense.report.significance import Comparison, PairingError, compare, describe
@@ -135,6 +136,7 @@ def write_report(root: Path) -> Path:
     significance_lines = [f"- {describe(c)}" for c in comparisons] + [f"- Not compared: {p}" for p in problems]
     (out / "report.md").write_text(
         report_markdown(root, runs, cells, stats, class_names, figures, paragraph, significance_lines, keys)
+        + deployed_section(out, runs, conv_points)
     )
     return out
 
