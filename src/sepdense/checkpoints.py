@@ -114,11 +114,15 @@ def load_plain_pickle(path: Path | str) -> Any:
 
 
 def newest_loadable(candidates: list[Path], report: Any = print) -> Path | None:
-    """The newest (by modification time) of ``candidates`` that loads; each that does not is named via ``report``."""
+    """The newest (by modification time) of ``candidates`` that loads; each that does not is named via ``report``.
+
+    A broken file is passed over for an older one; a file that holds code is not (``UnsafeFileError``):
+    a run directory with such a file in it is not to be trusted at all.
+    """
     for path in sorted((p for p in candidates if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True):
         try:
             load_checkpoint(path, mmap=True)
-        except UserError as err:
+        except BrokenCheckpointError as err:
             report(f"Skipping {path}: {err}")
             continue
         return path

@@ -34,12 +34,12 @@ def run_reporting_user_errors(fn: Callable[..., T], *args: object) -> T:
     """Call ``fn``; on a UserError print ``error: <message>`` to stderr and exit with status 1."""
     try:
         return fn(*args)
-    except Exception as error:
+    except BaseException as error:  # BaseException: Lightning stops on a signal with SystemExit subclasses
         user_error = find_user_error(error)
         if user_error is None:
             raise
         print(f"error: {user_error}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(getattr(user_error, "exit_code", 1)) from None
 
 
 # Lightning's messages that are not the user's business: advertising and an internal step.
@@ -64,5 +64,8 @@ def quiet_libraries() -> None:
             logger.handlers.clear()
             logger.propagate = True
         logging.getLogger(f"{name}.utilities.rank_zero").addFilter(_DropNoise())
+    # The data module restores the training loader's place in a mid-epoch checkpoint itself (CIFAR10DataModule.
+    # state_dict), so Lightning's warning that the loader cannot resume mid-epoch does not apply.
+    warnings.filterwarnings("ignore", message=r".*ended before the epoch ended and your dataloader is not resumable")
     # Lightning 2.6 on torch ≥ 2.10 uses a deprecated pytree check; harmless, and nothing a user can change.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")

@@ -33,3 +33,11 @@ class DiskFullError(UserError):
             f"The disk holding {existing} is full ({free}) while writing {where}; the checkpoints already saved are "
             f"intact. Free some space, then continue with resume=true."
         )
+
+
+class RunInterrupted(UserError):
+    """A signal stopped the run after its progress was saved; ``exit_code`` is the shell's for that signal."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

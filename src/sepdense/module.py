@@ -211,6 +211,15 @@ class ImageClassifier(pl.LightningModule):
             self.log(name, value, on_step=False, on_epoch=True, prog_bar=name in prog_bar, batch_size=1)
         stats_metric.reset()
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A checkpoint saved mid-epoch (on a signal) keeps the epoch's training sums so far, so the epoch's
+        # train metrics after a resume count every batch once, as in an uninterrupted run.
+        checkpoint["train_stats"] = {name: v.detach().cpu() for name, v in self.train_stats.metric_state.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        for name, value in checkpoint.get("train_stats", {}).items():
+            setattr(self.train_stats, name, value.to(getattr(self.train_stats, name).device))
+
     def configure_optimizers(self) -> dict:
         if self.optimizer_factory is None:
             raise ConfigError("This model was built without an optimizer (e.g. loaded to evaluate); it cannot train.")

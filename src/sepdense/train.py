@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 
-from sepdense.callbacks import SummaryCallback
+from sepdense.callbacks import Interruption, LastMetrics, SummaryCallback
+from sepdense.checkpoint_io import AtomicCheckpointIO
+from sepdense.checkpoints import load_checkpoint, newest_loadable
 from sepdense.cli import find_user_error, quiet_libraries
-from sepdense.errors import ConfigError
+from sepdense.errors import ConfigError, RunInterrupted
 from sepdense.measure import environment
 from sepdense.module import ImageClassifier
 from sepdense.precision import resolve_precision, scalars
 from sepdense.runs import (
+    CHECKPOINT_DIR,
+    ENVIRONMENT_FILE,
     is_run_dir,
-    last_checkpoint,
     remove_run_without_results,
     write_confusion,
     write_environment,
@@ -43,34 +48,80 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
-    """``ckpt_path`` if given; with ``resume``, this run directory's last.ckpt if it exists."""
+    """``ckpt_path`` if given; with ``resume``, the newest checkpoint of this run directory that loads.
+
+    Each file is checked before anything else happens: one that holds code, or is truncated, stops
+    the run with one line (``ckpt_path``), or is named and passed over for an older one (``resume``).
+    A resume with nothing to resume from stops too: it never silently starts from scratch.
+    """
     if cfg.get("ckpt_path"):
-        return cfg.ckpt_path
+        load_checkpoint(cfg.ckpt_path, mmap=True)
+        return str(cfg.ckpt_path)
     resume = cfg.get("resume")
-    if resume not in (None, False, True, "true", "false") and not is_run_dir(Path(str(resume))):
+    if resume in (None, False, "false", "False"):
+        return None
+    if resume not in (True, "true", "True") and not is_run_dir(Path(str(resume))):
         raise ConfigError(
             f"resume={resume} is not a run directory (it has no .hydra/config.yaml); give a directory under "
             f"logs/train/runs, or resume=true for the last run of the same command."
         )
-    if resume:
-        last = last_checkpoint(output_dir)
-        if last.is_file():
-            log.info("Resuming from %s", last)
-            return str(last)
-        log.warning("resume is set but %s does not exist: starting from scratch.", last)
-    return None
+    candidates = list((output_dir / CHECKPOINT_DIR).glob("*.ckpt"))
+    if not candidates and resume in (True, "true", "True"):
+        raise ConfigError(nothing_to_resume(cfg))
+    if not candidates:
+        raise ConfigError(f"{output_dir} has no checkpoint to resume from (nothing in {CHECKPOINT_DIR}/); start a "
+                          f"new run without resume=.")  # fmt: skip
+    chosen = newest_loadable(candidates, report=log.warning)
+    if chosen is None:
+        raise ConfigError(f"None of the checkpoints in {output_dir / CHECKPOINT_DIR} loads (each is named above), so "
+                          f"the run cannot continue; start a new run without resume=, or copy a good checkpoint "
+                          f"there.")  # fmt: skip
+    log.info("Resuming from %s", chosen)
+    return str(chosen)
+
+
+def nothing_to_resume(cfg: DictConfig) -> str:
+    """The message for ``resume=true`` when no earlier run of the same command has a checkpoint."""
+    runs_dir = Path(cfg.paths.log_dir) / str(cfg.task_name) / "runs"
+    wanted = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    command = " ".join(o for o in wanted if not o.startswith("resume=")) or "(no overrides)"
+    others = [p.parent.parent for p in runs_dir.glob(f"*/{CHECKPOINT_DIR}/*.ckpt")]
+    listed = ", ".join(sorted({p.name for p in others}, reverse=True)[:3])
+    return (
+        f"resume=true: no earlier run of this command ({command}) has a checkpoint under {runs_dir}"
+        + (f" (runs with checkpoints there: {listed}; resume=<run dir> continues one of them)" if listed else "")
+        + "; to start a new run, leave out resume=true."
+    )
+
+
+def raise_if_interrupted(callbacks: list[Any], trainer: pl.Trainer, err: BaseException) -> None:
+    """After a signal stopped fitting: one line saying what was saved and how to continue, and a signal's exit code."""
+    interruption = next((c for c in callbacks if isinstance(c, Interruption)), None)
+    if interruption is None or interruption.signal is None:
+        return
+    if HydraConfig.initialized() and str(HydraConfig.get().mode).endswith("MULTIRUN"):
+        again = f"resume={trainer.default_root_dir}"
+    else:
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+        again = " ".join([*(o for o in overrides if not o.startswith("resume=")), "resume=true"])
+    saved = f"saved epoch {trainer.current_epoch + 1}, step {trainer.global_step} in {interruption.saved}" if (
+        interruption.saved) else "nothing new to save"  # fmt: skip
+    code = 128 + (signal.SIGTERM if interruption.signal == "SIGTERM" else signal.SIGINT)
+    raise RunInterrupted(f"Stopped by {interruption.signal}: {saved}. Continue with: python train.py {again}",
+                         exit_code=code) from err  # fmt: skip
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model of ``cfg``, test its best checkpoint, save and return the final metrics."""
     quiet_libraries()
     output_dir = Path(cfg.paths.output_dir)
+    # An earlier run's directory (resumed) has its environment.json; its log and config are kept whatever happens.
+    created_here = not (output_dir / ENVIRONMENT_FILE).exists()
     try:
         return _train(cfg, output_dir)
     except Exception as err:
-        # A mistake found before anything was saved leaves no empty run directory behind; a resumed
-        # run's directory is the earlier run's, whose log and config are kept whatever happens.
-        if find_user_error(err) is not None and not cfg.get("resume"):
+        # A mistake found before anything was saved leaves no empty run directory behind.
+        if find_user_error(err) is not None and created_here:
             remove_run_without_results(output_dir)
         raise
 
@@ -80,6 +131,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         log.info("reuse_freed_memory has no effect here: the C library is not glibc.")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    ckpt_path = checkpoint_to_resume(cfg, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_environment(output_dir, environment())
 
@@ -98,7 +150,6 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     # and the per-epoch lines of EpochLog say what it would have.
     show_progress = sys.stdout.isatty() and any(isinstance(c, ProgressBar) for c in callbacks)
     callbacks = [c for c in callbacks if show_progress or not isinstance(c, ProgressBar)]
-    ckpt_path = checkpoint_to_resume(cfg, output_dir)
     loggers = build_loggers(cfg, ckpt_path)
     trainer: pl.Trainer = hydra.utils.instantiate(
         cfg.trainer,
@@ -106,10 +157,18 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         logger=loggers or False,
         precision=resolve_precision(cfg.trainer.precision),
         enable_progress_bar=show_progress,
+        plugins=[AtomicCheckpointIO()],
     )
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except BaseException as err:
+        raise_if_interrupted(callbacks, trainer, err)
+        raise
     metrics = scalars(trainer.callback_metrics)  # the last epoch's train and val metrics
+    for callback in callbacks:
+        if isinstance(callback, LastMetrics) and not metrics:  # resumed with no epoch left to train
+            metrics = dict(callback.metrics)
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best is not None and checkpoint.best_model_score is not None:

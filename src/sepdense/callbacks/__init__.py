@@ -5,6 +5,16 @@ from sepdense.callbacks.confusion import ConfusionMatrixFigure
 from sepdense.callbacks.epoch_log import EpochLog
 from sepdense.callbacks.model_cost import ModelCost
 from sepdense.callbacks.progress import EpochProgressBar
+from sepdense.callbacks.resumption import Interruption, LastMetrics
 from sepdense.callbacks.timing import Timing
 
-__all__ = ["ConfusionMatrixFigure", "EpochLog", "EpochProgressBar", "ModelCost", "SummaryCallback", "Timing"]
+__all__ = [
+    "ConfusionMatrixFigure",
+    "EpochLog",
+    "EpochProgressBar",
+    "Interruption",
+    "LastMetrics",
+    "ModelCost",
+    "SummaryCallback",
+    "Timing",
+]

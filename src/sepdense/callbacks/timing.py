@@ -15,6 +15,9 @@ class Timing(SummaryCallback):
     ``memory/peak_mb`` every epoch; ``time/fit_s`` at the end goes only into its ``summary()``, with the last
     epoch's values.
 
+    ``time/fit_s`` counts every process of a resumed run: the time trained before is kept in the
+    checkpoints (``state_dict``).
+
     Train time runs from the epoch start to the start of that epoch's validation (Lightning
     validates inside the training epoch), so it excludes validation. On GPU the clock reads
     synchronise the device, so queued kernels are counted in the epoch they belong to.
@@ -25,6 +28,8 @@ class Timing(SummaryCallback):
         self._epoch_start = self._val_start = self._fit_start = 0.0
         self._train_s: float | None = None
         self._images = self._steps = 0
+        self._fit_s_before = 0.0  # fitting time of the processes before a resume
+        self._trainer: pl.Trainer | None = None
 
     @staticmethod
     def _now(trainer: pl.Trainer) -> float:
@@ -33,6 +38,7 @@ class Timing(SummaryCallback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         reset_peak_memory(trainer.strategy.root_device)
         self._fit_start = self._now(trainer)
+        self._trainer = trainer  # a checkpoint's state_dict() reads the clock through it
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._images = self._steps = 0
@@ -64,9 +70,20 @@ class Timing(SummaryCallback):
             values["time/step_ms"] = 1000 * train_s / self._steps
         self._log(pl_module, values)
 
+    def _fit_s(self, trainer: pl.Trainer) -> float:
+        return self._fit_s_before + self._now(trainer) - self._fit_start
+
+    def state_dict(self) -> dict[str, float]:
+        # The last epoch's figures too: a resume with no epoch left to train reports them.
+        return {"fit_s": self._fit_s(self._trainer), "final": dict(self.final)} if self._trainer is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._fit_s_before = float(state_dict.get("fit_s", 0.0))
+        self.final.update(state_dict.get("final", {}))
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # One number per run: it goes to metrics.json and the HPARAMS tab, not to a one-point curve.
-        self.final["time/fit_s"] = self._now(trainer) - self._fit_start
+        self.final["time/fit_s"] = self._fit_s(trainer)
 
     def _log(self, pl_module: pl.LightningModule, values: dict[str, float]) -> None:
         self.final.update(values)

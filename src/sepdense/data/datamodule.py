@@ -74,6 +74,9 @@ class CIFAR10DataModule(pl.LightningDataModule):
         # run augments exactly as an uninterrupted one would.
         self.generator: torch.Generator | None = None
         self._saved_generator_state: Tensor | None = None
+        # The training loader's place in its epoch, saved in checkpoints so a mid-epoch resume continues there.
+        self._train_loader: InMemoryLoader | None = None
+        self._train_position: dict[str, int] | None = None
         for key in ("batch_size", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"data.{key}={getattr(self, key)} must be a positive integer.")
@@ -144,7 +147,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return InMemoryLoader(images.to(device), labels.to(device), batch_size, sampler, drop_last=train, index=index)
 
     def train_dataloader(self) -> InMemoryLoader:
-        return self._loader("train", train=True)
+        self._train_loader = self._loader("train", train=True)
+        if self._train_position is not None:
+            self._train_loader.continue_from(self._train_position)
+            self._train_position = None
+        return self._train_loader
 
     def val_dataloader(self) -> InMemoryLoader:
         return self._loader("val", train=False)
@@ -168,11 +175,16 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return cutout(normalize(images, self.mean, self.std), self.cutout, generator)
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.generator is None else {"augment_generator": self.generator.get_state()}
+        state = {} if self.generator is None else {"augment_generator": self.generator.get_state()}
+        if self._train_loader is not None:
+            state["train_position"] = self._train_loader.position()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning restores the data module before it asks for the training loader, which takes the position.
         self._saved_generator_state = state_dict.get("augment_generator")
         self.generator = None
+        self._train_position = state_dict.get("train_position")
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, *rest = batch

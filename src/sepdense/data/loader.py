@@ -70,7 +70,12 @@ class InMemoryLoader:
     predictions) can be paired across runs whatever the order or sharding.
 
     Like a DataLoader it exposes ``sampler`` (Lightning calls its ``set_epoch``) and
-    ``batch_sampler`` (None: batching is done here), the attributes Lightning inspects.
+    ``batch_sampler`` (None: batching is done here), the attributes Lightning inspects. Its
+    ``position`` (the epoch and how many batches it has handed out) is saved in checkpoints (by the
+    data module), so a run resumed from a mid-epoch checkpoint (saved on a signal) continues the
+    epoch's order where it stopped (``continue_from``): no batch twice, none skipped. Batches are
+    fetched one at a time (Lightning does not prefetch from a loader with a length), so the count
+    is the number of batches trained.
     """
 
     batch_sampler = None
@@ -87,13 +92,29 @@ class InMemoryLoader:
         self.images, self.labels = images, labels
         self.index = index if index is not None else torch.arange(len(labels), device=labels.device)
         self.batch_size, self.sampler, self.drop_last = batch_size, sampler, drop_last
+        self._handed_out = 0
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already trained), from a checkpoint
 
     def __len__(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": self._handed_out}
+
+    def continue_from(self, position: dict[str, int]) -> None:
+        self._resume_at = (int(position["epoch"]), int(position["batches"]))
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        # Runs at the first batch, after Lightning's set_epoch: the resumed epoch skips what it already trained.
+        skip = 0
+        if self._resume_at is not None:
+            epoch, done = self._resume_at
+            skip = done if epoch == self.sampler.epoch else 0
+            self._resume_at = None
+        self._handed_out = skip
         indices = self.sampler.indices().to(self.images.device)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
+        for start in range(skip * self.batch_size, len(self) * self.batch_size, self.batch_size):
             batch = indices[start : start + self.batch_size]
+            self._handed_out += 1
             yield self.images[batch], self.labels[batch], self.index[batch]

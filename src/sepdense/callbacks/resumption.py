@@ -1,0 +1,70 @@
+"""What lets a run stop anywhere and continue: a checkpoint on SIGTERM or Ctrl-C, and the metrics a resume needs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from sepdense.precision import scalars
+
+log = logging.getLogger("sepdense")
+
+
+class Interruption(pl.Callback):
+    """Writes ``checkpoint`` (the run's last.ckpt) of the step at which the signal arrived.
+
+    Lightning turns SIGTERM into an exception at the next batch boundary (seconds, not the rest of
+    an epoch that can take an hour on a CPU) and Ctrl-C into KeyboardInterrupt; either way this
+    hook runs before the trainer stops. The checkpoint holds the loop position, the data order's
+    place in the epoch, the augmentation RNG and the epoch's metric sums, so ``resume=true``
+    continues exactly where the run stopped. ``signal`` says what stopped the run (None: nothing).
+    """
+
+    def __init__(self, checkpoint: str) -> None:
+        self.checkpoint = Path(checkpoint)
+        self.signal: str | None = None
+        self.saved: Path | None = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self.signal = "SIGTERM"
+        elif isinstance(exception, KeyboardInterrupt):
+            self.signal = "SIGINT (Ctrl-C)"
+        else:
+            return
+        if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
+            return  # testing is redone in full on resume; nothing of it is worth saving
+        trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the whole training state
+        self.saved = self.checkpoint
+        log.info("%s: saved epoch %d, step %d to %s", self.signal, trainer.current_epoch + 1, trainer.global_step,
+                 self.checkpoint)  # fmt: skip
+
+
+class LastMetrics(pl.Callback):
+    """Keeps the latest epoch's train and validation metrics in each checkpoint.
+
+    A run killed after its last epoch (while testing, or writing its report) has nothing left to
+    fit when it resumes, so the trainer has no metrics of its own; ``metrics`` then holds the ones
+    the checkpoint saved, and the run's metrics.json is the uninterrupted run's.
+    """
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+        self._trainer: pl.Trainer | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._trainer is None:
+            return {"metrics": self.metrics}
+        latest = scalars(self._trainer.callback_metrics)
+        return {"metrics": {k: v for k, v in latest.items() if not k.startswith("test/")}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.metrics = dict(state_dict.get("metrics", {}))
