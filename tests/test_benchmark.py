@@ -1,4 +1,5 @@
-"""Benchmark: layer counts against the closed-form formulas, BN folding, and a tiny run of benchmark.py."""
+"""Benchmark: layer counts against the closed-form formulas, BN folding, the speed level, and a tiny run of
+benchmark.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from conftest import run_entry
 
 from sepdense.bench.layer import layer_row
+from sepdense.bench.speed import MODES, benchmark_speed, settings
 from sepdense.models import DenseNet
 from sepdense.models.fusion import count_batchnorms, fold_batchnorms
 
@@ -85,7 +87,10 @@ def test_benchmark_entry_point_writes_every_output(tmp_path: Path) -> None:
     assert len(comparison) == 3  # NCHW, channels_last, BN-folded
     assert all(0 < row["mac_ratio"] < 1 and 0 < row["param_ratio"] < 1 for row in comparison)
     assert all("share_of_mac_saving_realised" in row for row in comparison if not row["bn_folded"])
-    assert results["summary"]["data"]["speedup"] > 0
+    data_rows, data_summary = results["levels"]["data"], results["summary"]["data"]
+    assert data_summary["speedup"] == pytest.approx(data_rows[0]["images_per_s"] / data_rows[1]["images_per_s"])
+    # Indexing a uint8 tensor in memory beats decoding PIL images one by one in 2 workers many times over.
+    assert data_summary["speedup"] > 3, data_rows
     for name in ("layer.csv", "model.csv", "data.csv"):
         with open(out / name) as f:
             assert len(list(csv.DictReader(f))) >= 2
@@ -94,3 +99,77 @@ def test_benchmark_entry_point_writes_every_output(tmp_path: Path) -> None:
     assert "`share_of_mac_saving_realised`\n= (1 − training-step time ratio) / (1 − MAC ratio)" in markdown
     for png in ("layer_gap.png", "model_costs.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# The default run's sizes (conf/benchmark.yaml, speed_level.projection; checked against training's config below).
+PROJECTION = {"epochs": 100, "train_split_images": 50000, "val_images": 5000, "test_images": 10000}
+
+
+def test_speed_level_times_each_mode_projects_the_run_and_names_the_fastest() -> None:
+    # Graphed modes have nothing to capture on a CPU and compiling is slow here, so this runs the eager
+    # settings of one conv type (2 fresh processes) and checks what is left out, and why; the GPU's own
+    # rows run there.
+    result = benchmark_speed({"block_config": [1, 1], "growth_rate": 4}, "cpu", batch=8, eval_batch=16,
+                             projection=PROJECTION, modes=["eager", "graphed", "compiled+graphed"],
+                             compile_modes=["default", "reduce-overhead"], conv_types=["separable"],
+                             min_run_time=0.05, command_overrides=["model.growth_rate=4"])  # fmt: skip
+    rows = {(r["conv"], r["mode"]): r for r in result["rows"]}
+    assert set(rows) == {("separable", "eager"), ("separable", "eager, glibc's default allocator")}
+    why = {(s["mode"], s["compile_mode"]): s["why"] for s in result["skipped"]}
+    assert why[("graphed", None)] == "no CUDA: nothing to capture, it runs as eager"
+    assert why[("compiled+graphed", "default")].startswith("no CUDA")
+    assert why[("compiled+graphed", "reduce-overhead")].startswith("refused: module.compile=reduce-overhead records")
+    for row in rows.values():
+        # 45,000 training images in 5,625 batches of 8; 313 and 625 evaluation batches of 16 (the last ones partial)
+        minutes = (100 * (5625 * row["step_ms"] + 313 * row["eval_ms"]) + 625 * row["eval_ms"]) / 60_000
+        assert row["projected_run_min"] == pytest.approx(minutes)
+        assert row["images_per_s"] == pytest.approx(8000 / row["step_ms"]) and row["cuda_graphs"] == "no (CPU)"
+        assert row["losses"][-1] < row["losses"][0] - 0.05  # the steps train: six updates on one batch
+        assert row["same_function"] and row["loss_vs_eager"] < 1e-6  # the allocator changes no number
+    for best in result["fastest"]:
+        candidates = [r for r in rows.values() if r["conv"] == best["conv"]]
+        assert best["projected_run_min"] == min(r["projected_run_min"] for r in candidates)
+        assert best["command"].startswith(f"python train.py model.conv={best['conv']} model.growth_rate=4")
+    assert [b["conv"] for b in result["fastest"]] == ["separable"]
+
+
+def test_the_speed_check_tells_a_lost_step_and_another_recipe_from_eager() -> None:
+    from sepdense.bench.speed import _compare_with_eager
+
+    eager_losses = [2.35, 2.28, 2.20, 2.11, 2.02, 1.94]  # a measured eager run of the test above (standard)
+
+    def row(mode: str, losses: list[float], batch: int = 8) -> dict:
+        return {"conv": "standard", "mode": mode, "batch": batch, "step_ms": 10.0, "losses": losses,
+                "recipe": "training" if batch == 8 else "different recipe (batch)",
+                "setting": {"mode": mode, "allocator": "reuse"}}  # fmt: skip
+
+    rows = [
+        row("eager", eager_losses),
+        row("graphed", eager_losses[:3] + eager_losses[4:] + [1.86]),
+        row("compiled", [x * (1 + 1e-4) for x in eager_losses]),
+        row("eager", eager_losses, batch=16),
+    ]
+    _compare_with_eager(rows, loss_rtol=0.02)
+    assert [r["same_function"] for r in rows] == [True, False, True, False]
+
+
+def test_the_speed_levels_defaults_are_the_default_training_run(compose_train_cfg) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    train = compose_train_cfg()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(Path(__file__).parents[1] / "conf"), version_base="1.3"):
+        bench = compose(config_name="benchmark", overrides=["preset=speed"])
+    speed = bench.speed_level
+    assert list(bench.levels) == ["speed"] and list(speed.modes) == list(MODES)
+    assert dict(speed.projection) == {**PROJECTION, "val_images": train.data.val_size}
+    assert speed.projection.epochs == train.trainer.max_epochs
+    assert (speed.batch, speed.eval_batch) == (train.data.batch_size, train.data.eval_batch_size)
+    chosen, skipped = settings(speed.modes, speed.compile_modes, "cuda", [speed.batch])
+    assert [(s["mode"], s["compile_mode"]) for s in chosen] == [
+        ("eager", None), ("compiled", "default"), ("compiled", "reduce-overhead"),
+        ("compiled", "max-autotune-no-cudagraphs"), ("graphed", None), ("compiled+graphed", "default"),
+        ("compiled+graphed", "max-autotune-no-cudagraphs"),
+    ]  # fmt: skip
+    assert [(s["mode"], s["compile_mode"]) for s in skipped] == [("compiled+graphed", "reduce-overhead")]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from sepdense.errors import ConfigError, UserError
 from sepdense.metrics import NEVER, ClassificationStats
 from sepdense.optim import param_groups
-from sepdense.runtime import GraphedStep, check_compile_mode, prepare_network, to_layout
+from sepdense.runtime import GraphedStep, check_compile_with_cuda_graph, prepare_network, to_layout
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
@@ -56,11 +56,7 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         ignore = ["optimizer", "scheduler", *(["net"] if isinstance(net, nn.Module) else [])]
         self.save_hyperparameters(logger=False, ignore=ignore)
-        if cuda_graph and check_compile_mode(compile) is not None:
-            raise ConfigError(
-                f"module.cuda_graph=true and module.compile={compile} both take over the training step; "
-                f"choose one (module.compile=reduce-overhead also replays CUDA graphs)."
-            )
+        check_compile_with_cuda_graph(compile, cuda_graph)  # the compiled network then runs inside our graph
         if not isinstance(net, nn.Module):
             net = hydra.utils.instantiate(dict(net))
         self.net = prepare_network(net, channels_last, compile)

@@ -13,6 +13,9 @@ from sepdense.errors import ConfigError
 
 # torch.compile's modes; "default" is torch's own default. reduce-overhead adds CUDA graphs (GPU only).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The modes whose Inductor options set triton.cudagraphs (torch._inductor.list_mode_options): they record
+# CUDA graphs of their own, which cannot be captured again inside GraphedStep's graph.
+CUDA_GRAPH_COMPILE_MODES = ("reduce-overhead", "max-autotune")
 
 
 def memory_format(channels_last: bool) -> torch.memory_format:
@@ -30,6 +33,17 @@ def check_compile_mode(mode: str | bool | None) -> str | None:
             f"module.compile={mode!r} is not a torch.compile mode; use false or one of: {', '.join(COMPILE_MODES)}."
         )
     return str(mode)
+
+
+def check_compile_with_cuda_graph(compile_mode: str | bool | None, cuda_graph: bool) -> None:
+    """Refuse, in one line, a ``module.compile`` mode that records CUDA graphs together with ``module.cuda_graph``."""
+    mode = check_compile_mode(compile_mode)
+    if cuda_graph and mode in CUDA_GRAPH_COMPILE_MODES:
+        others = [m for m in COMPILE_MODES if m not in CUDA_GRAPH_COMPILE_MODES]
+        raise ConfigError(
+            f"module.compile={mode} records CUDA graphs of its own, which cannot run inside module.cuda_graph=true's "
+            f"graph; with module.cuda_graph=true use module.compile={' or '.join(others)}, or drop module.cuda_graph."
+        )
 
 
 def prepare_network(net: nn.Module, channels_last: bool = False, compile_mode: str | bool | None = None) -> nn.Module:
@@ -55,7 +69,8 @@ class GraphedStep:
 
     At batch 128 this network's eager step is bound by launching ~2,000 small kernels from Python;
     a replay launches them all at once. The first ``warmup`` calls run eagerly on a side stream
-    (cuDNN picks its algorithms there, as capture requires); the next call captures. From then on
+    (cuDNN picks its algorithms there, and a ``torch.compile``'d network compiles there, as capture
+    requires: nothing may compile or synchronise during capture); the next call captures. From then on
     each call copies the batch into static input tensors and replays: the parameters' ``.grad``
     are rewritten in place (never set to None again), BatchNorm running statistics update as in
     eager mode, and the optimizer step stays outside the graph (one fused kernel), so the learning
@@ -83,6 +98,16 @@ class GraphedStep:
         loss.backward()
         return loss.detach(), logits.detach()
 
+    @staticmethod
+    def _autocast_as_captured() -> torch.autocast:
+        """The surrounding autocast without its weight cache, which would hold casts made during capture.
+
+        Warm-up runs under it too: the autocast state is part of a compiled network's guards, so a
+        different one at capture would recompile the network inside the capture, which fails.
+        """
+        return torch.autocast("cuda", torch.get_autocast_dtype("cuda"), torch.is_autocast_enabled("cuda"),
+                              cache_enabled=False)  # fmt: skip
+
     def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if images.device.type != "cuda":
             return self._eager(images, labels)
@@ -90,7 +115,7 @@ class GraphedStep:
             self.calls += 1
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            with torch.cuda.stream(side), self._autocast_as_captured():
                 out = self._eager(images, labels)
             torch.cuda.current_stream().wait_stream(side)
             return out
@@ -105,10 +130,7 @@ class GraphedStep:
         self.static = {"images": images.clone(), "labels": labels.clone()}
         self._clear_grads()  # the graph's backward allocates .grad in its own memory pool
         self.graph = torch.cuda.CUDAGraph()
-        dtype = torch.get_autocast_dtype("cuda")
-        # Autocast's weight cache would hold casts made during capture; a graph must recompute them.
-        with torch.cuda.graph(self.graph), torch.autocast("cuda", dtype, torch.is_autocast_enabled("cuda"),
-                                                          cache_enabled=False):  # fmt: skip
+        with torch.cuda.graph(self.graph), self._autocast_as_captured():
             loss, logits = self.loss_and_logits(self.static["images"], self.static["labels"])
             loss.backward()
         self.static.update(loss=loss.detach(), logits=logits.detach())

@@ -15,7 +15,7 @@ from sepdense.bench.layer import benchmark_layers
 from sepdense.bench.model import benchmark_model
 from sepdense.bench.plots import plot_layer_gap, plot_model_costs
 from sepdense.bench.results import write_results
-from sepdense.bench.speed import benchmark_speed
+from sepdense.bench.speed import TABLE_COLUMNS, benchmark_speed, describe
 from sepdense.errors import ConfigError
 from sepdense.measure import environment
 from sepdense.runtime import reuse_freed_memory
@@ -40,6 +40,16 @@ def machine_line(machine: dict) -> str:
     gpus = f", GPU: {', '.join(machine['gpus'])}" if machine["gpus"] else ", no GPU"
     return (f"{machine['processor']}, {machine['cpu_threads']} threads{gpus}; measured on {machine['device']}; "
             f"torch {machine['packages']['torch']}")  # fmt: skip
+
+
+def model_and_data_overrides() -> list[str]:
+    """This run's command-line overrides of the model and data, which a training command must repeat."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():  # called outside benchmark.py (tests)
+        return []
+    keys = ("model", "data")
+    return [o for o in HydraConfig.get().overrides.task if o.lstrip("+~").split("=")[0].split(".")[0] in keys]
 
 
 def run_benchmark(cfg: DictConfig) -> dict:
@@ -89,15 +99,15 @@ def run_benchmark(cfg: DictConfig) -> dict:
         tables["Data pipeline (images/s to the training step)"] = markdown_table(rows) + "\n" + summary_line(summary)
 
     if "speed" in cfg.levels:
-        p = cfg.speed_level
-        log.info("Speed level: %s on %s, modes %s", model_kwargs, device, list(p.modes))
-        rows, comparison = benchmark_speed(
-            model_kwargs, device, p.batch, p.modes, p.compile_mode, p.channels_last, p.min_run_time, p.repeats
-        )
-        results["levels"]["speed"], results["levels"]["speed_comparison"] = rows, comparison
-        title = f"Training step, batch {p.batch}: eager, compiled ({p.compile_mode}), graphed (GPU only)"
-        tables[title] = markdown_table(rows)
-        tables["Training step: ratios"] = markdown_table(comparison)
+        p = OmegaConf.to_container(cfg.speed_level, resolve=True)
+        log.info("Speed level: %s on %s, modes %s, compile modes %s", model_kwargs, device, p["modes"],
+                 p["compile_modes"])  # fmt: skip
+        speed = benchmark_speed(model_kwargs, device, **p, command_overrides=model_and_data_overrides())
+        results["levels"]["speed"], results["levels"]["speed_comparison"] = speed["rows"], speed["comparison"]
+        results["summary"]["speed"] = {"fastest": speed["fastest"], "skipped": speed["skipped"]}
+        title = f"Training step, batch {p['batch']}: every way to run it, and the projected training run"
+        tables[title] = markdown_table(speed["rows"], TABLE_COLUMNS) + describe(speed, p["projection"], p["loss_rtol"])
+        tables["Training step: ratios"] = markdown_table(speed["comparison"])
 
     if "deploy" in cfg.levels:
         p = cfg.deploy_level

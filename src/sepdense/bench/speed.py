@@ -1,20 +1,26 @@
-"""Speed level: one training step of the configured network as training runs it, in each way it can run.
+"""Speed level: every way to run the training step on this machine, timed, checked against eager, and projected
+to the time of the default training run, ending with the training command of the fastest.
 
-Modes: ``eager``; ``compiled`` (``torch.compile`` through ``module.compile``; its compile time is
-reported apart); ``graphed`` (forward and backward replayed from one CUDA graph; GPU only). Each
-step is the training module's own loss with SGD (Nesterov momentum, weight decay) on one fixed
-batch, in bf16 autocast on a GPU (as ``trainer.precision=auto`` gives) and fp32 on CPU.
+Modes: ``eager``; ``compiled`` (``module.compile``, once per mode of ``compile_modes``); ``graphed``
+(``module.cuda_graph``: forward and backward replayed from one CUDA graph); ``compiled+graphed`` (the
+compiled network inside that graph). Each step is the training module's own loss with SGD (Nesterov
+momentum, weight decay; fused where the graphed step uses it) on one fixed batch, in bf16 autocast on
+a GPU (as ``trainer.precision=auto`` gives) and fp32 on CPU.
 
-Every measurement runs in a fresh process (``python -m sepdense.bench.speed``), so compile caches,
-memory and the allocator setting of one cannot help or hurt another; eager steps are measured
-with and without ``reuse_freed_memory`` (a process-wide setting), and the processes of the two
-conv types alternate, so a change in machine load hits both alike.
+Every measurement runs in a fresh process (``python -m sepdense.bench.speed``) with Inductor's disk
+caches off, so compile caches, memory and the allocator setting of one cannot help or hurt another;
+the processes of the conv types alternate, so a change in machine load hits them alike. On a CPU the
+eager step is also measured with glibc's default allocator (``reuse_freed_memory=false``, a
+process-wide setting).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
+import os
 import statistics
 import subprocess
 import sys
@@ -27,121 +33,352 @@ from sepdense.measure import synchronized_clock, time_ms
 from sepdense.models import BASELINE_CONV, ordered_conv_types
 from sepdense.module import ImageClassifier
 from sepdense.optim import param_groups
-from sepdense.runtime import GraphedStep, reuse_freed_memory
+from sepdense.runtime import (
+    CUDA_GRAPH_COMPILE_MODES,
+    GraphedStep,
+    check_compile_mode,
+    check_compile_with_cuda_graph,
+    reuse_freed_memory,
+)
 
-MODES = ("eager", "compiled", "graphed")
-ALLOCATORS = ("reuse", "default")  # reuse_freed_memory on, or glibc's own behaviour
+MODES = ("eager", "compiled", "graphed", "compiled+graphed")
+# Steps from the same initial weights on the same batch whose losses every mode records and the parent
+# compares with eager's: enough for GraphedStep's 3 warm-up steps, its capture and two replays.
+CHECK_STEPS = 6
 
 
-def training_step(module: ImageClassifier, mode: str, images: torch.Tensor, labels: torch.Tensor) -> Callable[[], None]:
-    """One optimizer step of ``module`` on a fixed batch, run the way ``mode`` says (as training runs it)."""
-    fused = {"fused": True} if mode == "graphed" else {}  # the graphed path's optimizer: one kernel per update
+def settings(modes: Sequence[str], compile_modes: Sequence[str], device: str, batches: Sequence[int]
+             ) -> tuple[list[dict], list[dict]]:  # fmt: skip
+    """What to measure: one setting per (batch, mode, compile mode, allocator); and what is left out, with why."""
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise ConfigError(f"speed_level.modes has unknown modes {unknown}; choose from {list(MODES)}.")
+    for mode in compile_modes:
+        try:
+            check_compile_mode(mode)
+        except ConfigError as error:
+            raise ConfigError(f"speed_level.compile_modes: {error}") from None
+    if any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in batches):
+        raise ConfigError(f"speed_level.batches={list(batches)} must be positive whole numbers.")
+    chosen, skipped = [], []
+    for batch in dict.fromkeys(batches):  # the training batch first, then the other recipes
+        for mode in modes:
+            for compile_mode in compile_modes if mode.startswith("compiled") else [None]:
+                setting = {"mode": mode, "compile_mode": compile_mode, "allocator": "reuse", "batch": batch}
+                if mode == "compiled+graphed":
+                    try:
+                        check_compile_with_cuda_graph(compile_mode, cuda_graph=True)
+                    except ConfigError as error:
+                        skipped.append({**setting, "why": f"refused: {error}"})
+                        continue
+                if mode.endswith("graphed") and device != "cuda":
+                    runs_as = f"compiled ({compile_mode})" if compile_mode else "eager"
+                    skipped.append({**setting, "why": f"no CUDA: nothing to capture, it runs as {runs_as}"})
+                    continue
+                chosen.append(setting)
+                if mode == "eager" and device == "cpu":  # glibc's allocator matters on CPU only
+                    chosen.append({**setting, "allocator": "default"})
+    return chosen, skipped
+
+
+def label(setting: dict) -> str:
+    """``compiled (default) + graphed``, ``eager, glibc's default allocator``, ..."""
+    compiled = f"compiled ({setting['compile_mode']})"
+    text = {"eager": "eager", "compiled": compiled, "graphed": "graphed",
+            "compiled+graphed": f"{compiled} + graphed"}[setting["mode"]]  # fmt: skip
+    return text + (", glibc's default allocator" if setting["allocator"] == "default" else "")
+
+
+def training_command(conv: str, setting: dict, channels_last: bool, overrides: Sequence[str]) -> str:
+    """The ``train.py`` command that trains the way ``setting`` ran."""
+    args = [f"model.conv={conv}", *overrides]
+    if setting["compile_mode"]:
+        args.append(f"module.compile={setting['compile_mode']}")
+    if setting["mode"].endswith("graphed"):
+        args.append("module.cuda_graph=true")
+    if not channels_last:
+        args.append("module.channels_last=false")
+    if setting["allocator"] == "default":
+        args.append("reuse_freed_memory=false")
+    return "python train.py " + " ".join(args)
+
+
+def training_step(module: ImageClassifier, graphed: bool, images: torch.Tensor, labels: torch.Tensor
+                  ) -> tuple[Callable[[], torch.Tensor], GraphedStep | None]:  # fmt: skip
+    """One optimizer step of ``module`` on a fixed batch, as training runs it; returns the step (giving the loss
+    before the update, unsynchronised) and the GraphedStep when graphed."""
+    fused = {"fused": True} if graphed else {}  # as ImageClassifier.configure_optimizers gives the graphed path
     optimizer = torch.optim.SGD(param_groups(module.net), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                                 **fused)  # fmt: skip
-    graphed = GraphedStep(module.loss_and_logits, list(module.net.parameters())) if mode == "graphed" else None
+    graphed_step = GraphedStep(module.loss_and_logits, list(module.net.parameters())) if graphed else None
     device_type = images.device.type
     use_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()  # decided once, outside the timed step
 
-    def step() -> None:
+    def step() -> torch.Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
-            if graphed is not None:
-                graphed(images, labels)
+            if graphed_step is not None:
+                loss = graphed_step(images, labels)[0]
             else:
                 optimizer.zero_grad(set_to_none=True)
-                module.loss_and_logits(images, labels)[0].backward()
+                loss = module.loss_and_logits(images, labels)[0]
+                loss.backward()
         optimizer.step()
+        return loss.detach()
 
-    return step
+    return step, graphed_step
 
 
-def measure_step(model_kwargs: dict, conv: str, mode: str, allocator: str, device: str, batch: int,
-                 compile_mode: str, channels_last: bool, min_run_time: float) -> dict:  # fmt: skip
-    """Time one training step in this process (see the module docstring)."""
+class CudaGraphSkips(logging.Handler):
+    """Inductor's reasons for not using the CUDA graphs a compile mode asked for (its ``cudagraphs`` log)."""
+
+    LOGGER = "torch._inductor.cudagraph_utils.__cudagraphs"
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+        torch._logging.set_logs(cudagraphs=True)
+        logging.getLogger(self.LOGGER).addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    @staticmethod
+    def count() -> int:
+        """Inductor's own count of skipped CUDA graphs in this process (it counts those it does not log, too)."""
+        from torch._dynamo.utils import counters
+
+        return int(counters["inductor"]["cudagraph_skips"])
+
+
+def cuda_graph_use(device: str, compile_mode: str | None, graphed_step: GraphedStep | None,
+                   skips: CudaGraphSkips) -> str:  # fmt: skip
+    """Whether the step really replayed CUDA graphs, and whose; a graph Inductor skipped says so, with its reason."""
+    if device != "cuda":
+        return "no (CPU)"
+    used = []
+    if graphed_step is not None:
+        used.append("yes (module.cuda_graph)" if graphed_step.graph is not None else "no: nothing was captured")
+    if compile_mode in CUDA_GRAPH_COMPILE_MODES:
+        count = skips.count()
+        reason = f": {skips.messages[0]}" if skips.messages else ""
+        used.append(f"Inductor skipped {count} graph(s){reason}" if count else "yes (Inductor)")
+    return "; ".join(used) or "no"
+
+
+def measure_step(model_kwargs: dict, conv: str, mode: str, compile_mode: str | None, allocator: str, device: str,
+                 batch: int, eval_batch: int, channels_last: bool, min_run_time: float) -> dict:  # fmt: skip
+    """In this process: the losses of the first steps, the steady training step, the evaluation forward at
+    ``eval_batch`` (as validation and test run it), compile time apart, and whether CUDA graphs were used."""
     if allocator == "reuse":
         reuse_freed_memory()
-    torch.manual_seed(0)
+    skips = CudaGraphSkips()
+    graphed = mode.endswith("graphed")
+    torch.manual_seed(0)  # the same initial weights and batches in every process, whatever the device
     module = ImageClassifier(
         net={"_target_": "sepdense.models.DenseNet", **model_kwargs, "conv": conv},
         class_names=[str(i) for i in range(10)],
         label_smoothing=0.1,
         channels_last=channels_last,
-        compile=compile_mode if mode == "compiled" else False,
+        compile=compile_mode or False,
+        cuda_graph=graphed,
     ).to(device)
-    images = torch.randn(batch, 3, 32, 32, device=device)
-    labels = torch.randint(0, 10, (batch,), device=device)
-    step = training_step(module, mode, images, labels)
+    images, labels = torch.randn(batch, 3, 32, 32).to(device), torch.randint(0, 10, (batch,)).to(device)
+    eval_images = torch.randn(eval_batch, 3, 32, 32).to(device)
+    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()  # as training_step decides it
+    step, graphed_step = training_step(module, graphed, images, labels)
     start = synchronized_clock(images.device)
-    step()  # compiles (compiled); the first eager warm-up step (graphed)
-    first_s = synchronized_clock(images.device) - start
-    for _ in range(3 if mode == "graphed" else 0):  # the rest of the graph's warm-up, and its capture
-        step()
+    losses = [float(step())]  # compiles the training graphs (compiled modes)
+    first_step_s = synchronized_clock(images.device) - start
+    losses += [float(step()) for _ in range(CHECK_STEPS - 1)]  # warm-up, capture and replays (graphed modes)
     step_ms = time_ms(step, min_run_time)
-    row = {"conv": conv, "mode": mode, "allocator": allocator, "batch": batch, "step_ms": step_ms,
-           "images_per_s": batch * 1000 / step_ms}  # fmt: skip
-    if mode == "compiled":
-        row["compile_s"] = first_s
-    return row
+
+    def evaluate() -> None:
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            module(eval_images)
+
+    module.eval()
+    start = synchronized_clock(images.device)
+    evaluate()  # compiles the evaluation graph (compiled modes)
+    first_eval_s = synchronized_clock(images.device) - start
+    for _ in range(2):  # Inductor's CUDA graphs warm up, then record
+        evaluate()
+    eval_ms = time_ms(evaluate, min_run_time / 2)
+    compile_s = max(0.0, first_step_s - step_ms / 1000) + max(0.0, first_eval_s - eval_ms / 1000)
+    return {
+        "step_ms": step_ms,
+        "eval_ms": eval_ms,
+        "compile_s": compile_s if compile_mode else None,
+        "losses": losses,
+        "cuda_graphs": cuda_graph_use(device, compile_mode, graphed_step, skips),
+    }
+
+
+def projected_run_s(step_ms: float, eval_ms: float, compile_s: float | None, batch: int, eval_batch: int,
+                    projection: dict) -> float:  # fmt: skip
+    """Seconds of the projected run: its training steps (full batches, as the loader drops the last partial
+    one) × the step time, its validation and test batches × the evaluation time, and the compile time."""
+    steps = (projection["train_split_images"] - projection["val_images"]) // batch
+    val_batches = math.ceil(projection["val_images"] / eval_batch)
+    test_batches = math.ceil(projection["test_images"] / eval_batch)
+    epoch_ms = steps * step_ms + val_batches * eval_ms
+    return (projection["epochs"] * epoch_ms + test_batches * eval_ms) / 1000 + (compile_s or 0.0)
 
 
 def benchmark_speed(
     model_kwargs: dict,
     device: str,
     batch: int,
-    modes: Sequence[str],
-    compile_mode: str,
-    channels_last: bool,
-    min_run_time: float,
+    eval_batch: int,
+    projection: dict,
+    modes: Sequence[str] = MODES,
+    compile_modes: Sequence[str] = ("default",),
+    batches: Sequence[int] = (),
+    conv_types: Sequence[str] | None = None,
+    channels_last: bool = True,
+    min_run_time: float = 2.0,
     repeats: int = 1,
-) -> tuple[list[dict], list[dict]]:
-    """Rows per (conv type, mode, allocator): median step time over ``repeats`` fresh processes, images/s,
-    compile time; and the ratios to the baseline conv type and to the eager step."""
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise ConfigError(f"speed_level.modes has unknown modes {unknown}; choose from {list(MODES)}.")
-    settings = [(mode, allocator) for mode in modes for allocator in ALLOCATORS
-                if (mode != "graphed" or device == "cuda") and (allocator == "reuse" or mode == "eager")]  # fmt: skip
+    loss_rtol: float = 0.02,
+    command_overrides: Sequence[str] = (),
+) -> dict:
+    """Every setting of :func:`settings` for each conv type, each in ``repeats`` fresh processes (median).
+
+    Returns ``rows`` (per conv type and setting: step and evaluation time, images/s, ratio to eager,
+    compile time, projected run time, CUDA graphs used, the largest relative difference of the first
+    losses from eager's and whether that is within ``loss_rtol``), ``comparison`` (each conv type ÷ the
+    baseline), ``skipped`` (settings left out, with why) and ``fastest`` (per conv type, the row at the
+    training batch with the shortest projected run among those that agree with eager, and its command).
+    """
+    chosen, skipped = settings(modes, compile_modes, device, [batch, *batches])
+    convs = list(conv_types or ordered_conv_types())
     measured: dict[tuple, list[dict]] = {}
     for _ in range(repeats):
-        for mode, allocator in settings:
-            for conv in ordered_conv_types():  # the conv types alternate, so load changes hit them alike
-                args = {"model_kwargs": model_kwargs, "conv": conv, "mode": mode, "allocator": allocator,
-                        "device": device, "batch": batch, "compile_mode": compile_mode,
-                        "channels_last": channels_last, "min_run_time": min_run_time}  # fmt: skip
-                measured.setdefault((conv, mode, allocator), []).append(_in_subprocess(args))
+        for setting in chosen:
+            for conv in convs:  # the conv types alternate, so load changes hit them alike
+                args = {"model_kwargs": model_kwargs, "conv": conv, **setting, "device": device,
+                        "eval_batch": eval_batch, "channels_last": channels_last,
+                        "min_run_time": min_run_time}  # fmt: skip
+                measured.setdefault((conv, *setting.values()), []).append(_in_subprocess(args))
     rows = []
-    for runs in measured.values():
-        row = dict(runs[0])
-        row["step_ms"] = statistics.median(r["step_ms"] for r in runs)
-        row["images_per_s"] = batch * 1000 / row["step_ms"]
-        row["processes"] = len(runs)
-        row["step_ms_range"] = f"{min(r['step_ms'] for r in runs):,.0f}–{max(r['step_ms'] for r in runs):,.0f}"
-        rows.append(row)
-    return rows, speed_comparison(rows)
+    for setting in chosen:
+        for conv in convs:
+            rows.append(_row(conv, setting, measured[(conv, *setting.values())], batch, eval_batch, projection,
+                             channels_last, command_overrides))  # fmt: skip
+    _compare_with_eager(rows, loss_rtol)
+    return {"rows": rows, "comparison": speed_comparison(rows), "skipped": skipped, "fastest": fastest(rows, convs)}
+
+
+def _row(conv: str, setting: dict, runs: list[dict], training_batch: int, eval_batch: int, projection: dict,
+         channels_last: bool, overrides: Sequence[str]) -> dict:  # fmt: skip
+    row = {"conv": conv, "mode": label(setting), "batch": setting["batch"],
+           "recipe": "training" if setting["batch"] == training_batch else "different recipe (batch)"}  # fmt: skip
+    failed = [r["failed"] for r in runs if "failed" in r]
+    if failed:
+        return {**row, "status": f"failed: {failed[0]}", "setting": setting}
+    step_ms = statistics.median(r["step_ms"] for r in runs)
+    eval_ms = statistics.median(r["eval_ms"] for r in runs)
+    compile_s = statistics.median(r["compile_s"] for r in runs) if setting["compile_mode"] else None
+    row.update(
+        step_ms=step_ms,
+        images_per_s=setting["batch"] * 1000 / step_ms,
+        eval_ms=eval_ms,
+        compile_s=compile_s,
+        projected_run_min=projected_run_s(step_ms, eval_ms, compile_s, setting["batch"], eval_batch, projection) / 60,
+        cuda_graphs=runs[0]["cuda_graphs"],
+        processes=len(runs),
+        step_ms_range=f"{min(r['step_ms'] for r in runs):,.0f}–{max(r['step_ms'] for r in runs):,.0f}",
+        losses=runs[0]["losses"],
+        setting=setting,
+        command=training_command(conv, setting, channels_last, overrides),
+    )
+    return row
+
+
+def _compare_with_eager(rows: list[dict], loss_rtol: float) -> None:
+    """Each row's ratio to the eager step (same conv type and batch) and how far its first losses are from eager's."""
+    eager = {(r["conv"], r["batch"]): r for r in rows if r.get("setting", {}).get("mode") == "eager"
+             and r["setting"]["allocator"] == "reuse" and "step_ms" in r}  # fmt: skip
+    for row in rows:
+        reference = eager.get((row["conv"], row["batch"]))
+        if "step_ms" not in row or reference is None:
+            row["same_function"] = None  # failed, or no eager step to compare with
+            continue
+        row["× eager"] = reference["step_ms"] / row["step_ms"]
+        # The first losses come from the same weights and batch: a step lost, doubled or computed wrongly shows.
+        row["loss_vs_eager"] = max(abs(a - b) / abs(b) for a, b in zip(row["losses"], reference["losses"], strict=True))
+        row["same_function"] = row["recipe"] == "training" and row["loss_vs_eager"] <= loss_rtol
+
+
+def fastest(rows: list[dict], convs: Sequence[str]) -> list[dict]:
+    """Per conv type, the training-recipe row that agrees with eager and has the shortest projected run."""
+    out = []
+    for conv in convs:
+        candidates = [r for r in rows if r["conv"] == conv and r.get("same_function")]
+        if candidates:
+            best = min(candidates, key=lambda r: r["projected_run_min"])
+            out.append({"conv": conv, "mode": best["mode"], "projected_run_min": best["projected_run_min"],
+                        "command": best["command"]})  # fmt: skip
+    return out
 
 
 def _in_subprocess(args: dict) -> dict:
+    """``measure_step(**args)`` in a fresh process; a failure becomes the row's status, the other rows go on."""
     command = [sys.executable, "-m", "sepdense.bench.speed", json.dumps(args)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    # Inductor's caches on disk would let one process reuse another's compilation: every one compiles afresh,
+    # as a user's first run does.
+    env = {**os.environ, "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
+    except subprocess.TimeoutExpired:
+        return {"failed": "took more than 30 minutes"}
     if result.returncode != 0:
-        raise RuntimeError(f"speed measurement {args['conv']}/{args['mode']} failed:\n{result.stderr[-3000:]}")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        return {"failed": lines[-1] if lines else f"exit code {result.returncode}"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+EAGER_DEFAULT_ALLOCATOR = label({"mode": "eager", "compile_mode": None, "allocator": "default"})
+
+
 def speed_comparison(rows: list[dict]) -> list[dict]:
-    """Per setting: each conv type's images/s ÷ the baseline's, and ÷ its own eager step with glibc's default."""
-    by_key = {(r["conv"], r["mode"], r["allocator"]): r for r in rows}
+    """Per setting: each conv type's images/s ÷ the baseline's, and (on CPU) ÷ its eager step with glibc's allocator."""
+    by_key = {(r["conv"], r["mode"], r["batch"]): r for r in rows if "step_ms" in r}
     out = []
-    for (conv, mode, allocator), row in by_key.items():
-        entry: dict = {"conv": conv, "mode": mode, "allocator": allocator}
-        base = by_key.get((BASELINE_CONV, mode, allocator))
+    for (conv, mode, batch), row in by_key.items():
+        entry: dict = {"conv": conv, "mode": mode, "batch": batch}
+        base = by_key.get((BASELINE_CONV, mode, batch))
         if base is not None and conv != BASELINE_CONV:
             entry[f"images_per_s ÷ {BASELINE_CONV}"] = row["images_per_s"] / base["images_per_s"]
-        reference = by_key.get((conv, "eager", "default"))
+        reference = by_key.get((conv, EAGER_DEFAULT_ALLOCATOR, batch))
         if reference is not None and reference is not row:
             entry["images_per_s ÷ eager, default allocator"] = row["images_per_s"] / reference["images_per_s"]
         if len(entry) > 3:
             out.append(entry)
     return out
+
+
+# The columns of the printed table (results.json keeps every field).
+TABLE_COLUMNS = ("conv", "mode", "batch", "recipe", "step_ms", "images_per_s", "× eager", "eval_ms", "compile_s",
+                 "projected_run_min", "cuda_graphs", "loss_vs_eager", "same_function", "status")  # fmt: skip
+
+
+def describe(result: dict, projection: dict, loss_rtol: float) -> str:
+    """What the table's columns mean, what was left out, and the training command of the fastest row."""
+    lines = [
+        f"\n`projected_run_min`: {projection['epochs']} epochs of "
+        f"{projection['train_split_images'] - projection['val_images']:,} training images (full batches), "
+        f"{projection['val_images']:,} validation images per epoch and {projection['test_images']:,} test images "
+        "at `eval_ms` per evaluation batch, plus `compile_s`; the Lightning loop's own per-step work is not in it. "
+        f"`loss_vs_eager`: the largest relative difference of the first {CHECK_STEPS} losses (same weights, same "
+        f"batch) from the eager step's; `same_function`: within {loss_rtol} and at the training batch.",
+    ]
+    for skip in result["skipped"]:
+        lines.append(f"- not measured: {label(skip)}, batch {skip['batch']}: {skip['why']}")
+    for best in result["fastest"]:
+        lines.append(f"\nFastest for {best['conv']}: {best['mode']}, about {best['projected_run_min']:,.0f} min "
+                     f"for the run:\n\n    {best['command']}")  # fmt: skip
+    if not result["fastest"]:
+        lines.append("\nNo row was checked against an eager step (add eager to speed_level.modes).")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
