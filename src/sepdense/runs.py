@@ -139,6 +139,11 @@ class Run:
     conv: str = "?"
     seed: int | None = None
     status: str = "complete"
+    # From metrics.json (None in runs saved before these keys existed); stopped_by: max_epochs, early_stopping,
+    # time_limit or signal.
+    epochs_done: int | None = None
+    epochs_planned: int | None = None
+    stopped_by: str | None = None
     config: DictConfig | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
@@ -148,7 +153,15 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.status == "complete"
+        """Finished by its own rule (all epochs, or early stopping): the only runs a report compares."""
+        return self.status.startswith("complete")
+
+    @property
+    def progress(self) -> str:
+        """'e/E epochs' (epochs done of planned), or '' where the run does not say."""
+        if self.epochs_done is None:
+            return ""
+        return f"{self.epochs_done}/{self.epochs_planned if self.epochs_planned is not None else '?'} epochs"
 
     def test_data(self, key: str) -> str | None:
         """``data_source`` or ``test_fingerprint`` saved with the test predictions; None for runs saved without."""
@@ -187,9 +200,20 @@ def load_run(path: Path, root: Path | None = None) -> Run:
         if (path / TENSORBOARD_DIR).is_dir():
             run.curves = read_curves(path / TENSORBOARD_DIR)
         if not (path / METRICS_FILE).is_file():
+            # Killed or still running: the epochs it has validated so far, of those its config plans.
+            run.epochs_done = len(run.curves.get("val/acc", []))
+            run.epochs_planned = OmegaConf.select(run.config, "trainer.max_epochs", default=None)
             run.status = "incomplete (no metrics.json: crashed or still running)"
             return run
         run.metrics = json.loads((path / METRICS_FILE).read_text())
+        run.epochs_done, run.epochs_planned = run.metrics.get("epochs_done"), run.metrics.get("epochs_planned")
+        run.stopped_by = run.metrics.get("stopped_by")
+        # Saved before `complete` was recorded: complete. Early stopping ends a run by its own rule: complete too.
+        if run.metrics.get("complete", True) is not True:
+            done = f"{run.progress} done; " if run.progress else ""
+            run.status = f"in progress ({done}stopped by {run.stopped_by or 'an interruption'})"
+        elif run.stopped_by == "early_stopping":
+            run.status = f"complete (early stopping after {run.progress}: complete by its own rule)"
         if (path / CONFUSION_FILE).is_file():
             saved = json.loads((path / CONFUSION_FILE).read_text())
             run.confusion, run.class_names = np.array(saved["matrix"]), list(saved["class_names"])
