@@ -120,10 +120,12 @@ def fake_run(
     fingerprint: str | None = FINGERPRINT,
     labels: np.ndarray | None = None,
     source: str = "Synthetic",
+    extra: dict | None = None,
 ) -> Run:
     """A run directory as training leaves it, with predictions that give ``accuracy`` on 2,000 images.
 
     ``fingerprint`` None: the test predictions of a run saved before fingerprints were recorded.
+    ``extra``: more keys for its metrics.json.
     """
     path.mkdir(parents=True)
     (path / CONFIG_FILE).parent.mkdir()
@@ -136,7 +138,8 @@ def fake_run(
     data = {} if fingerprint is None else {"data_source": f"{source}(seed={seed})", "test_fingerprint": fingerprint}
     write_predictions(path, {"index": np.arange(2000), "label": labels, "logits": np.eye(10)[preds], **data},
                       [f"c{i}" for i in range(10)])  # fmt: skip
-    metrics = {"test/acc": float(right.mean()), "model/macs": macs, "time/fit_s": fit_s, "model/params": macs / 300}
+    metrics = {"test/acc": float(right.mean()), "model/macs": macs, "time/fit_s": fit_s, "model/params": macs / 300,
+               **(extra or {})}  # fmt: skip
     (path / METRICS_FILE).write_text(json.dumps(metrics))
     return load_run(path)
 

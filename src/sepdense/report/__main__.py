@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from sepdense.report.build import write_report
@@ -17,7 +18,8 @@ def main() -> None:
     except FileNotFoundError as err:
         raise SystemExit(f"error: {err}") from None
     print((out / "report.md").read_text())
-    print(f"\nReport written to {out}")
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"\n{summary['complete']} of {len(summary['runs'])} runs complete. Report written to {out}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from sepdense.report.aggregate import EFFICIENCY, QUALITY, Cell, aggregate, by_c
 from sepdense.report.deployed import deployed_section
 from sepdense.report.figures import plot_confusion, plot_conv_curves, plot_run_curves, plot_tradeoff
 from sepdense.report.findings import findings
-from sepdense.report.significance import Comparison, PairingError, compare, describe
+from sepdense.report.headline import headline_rows
+from sepdense.report.significance import Comparison, PairingError, compare, describe, verdict
 from sepdense.report.tradeoff import (
     COSTS,
     Point,
@@ -40,23 +41,26 @@ HOW_TO_READ = (
 
 def draw_figures(
     runs: list[Run], cells: dict[Cell, list[Run]], conv_points: dict[str, list[Point]], out: Path
-) -> list[tuple[str, str]]:
-    """Every figure of the report; returns (file, caption) of those shown in report.md."""
-    for run in runs:
-        if run.curves:
-            plot_run_curves(run, out / "curves" / f"{run.name.replace('/', '_')}.png")
-    figures = []
+) -> dict[str, list[tuple[str, str]]]:
+    """Every figure of the report; returns, per report section, (file, caption) of those shown in report.md."""
+    figures: dict[str, list[tuple[str, str]]] = {"curves": [], "tradeoff": [], "confusion": []}
     groups = by_conv(runs)
     if groups:
         plot_conv_curves(cells, out / "curves_by_conv.png")
+        figures["curves"].append(("curves_by_conv.png", "Learning curves per conv type (complete runs)"))
         plot_tradeoff(conv_points, out / "tradeoff.png")
-        figures += [("curves_by_conv.png", "Learning curves per conv type"),
-                    ("tradeoff.png", "Accuracy against cost, with each conv type's Pareto front")]  # fmt: skip
+        figures["tradeoff"].append(("tradeoff.png", "Accuracy against cost, with each conv type's Pareto front"))
+    for run in runs:
+        if run.curves:
+            name = f"curves/{run.name.replace('/', '_')}.png"
+            plot_run_curves(run, out / name)
+            figures["curves"].append((name, run.name if run.complete else f"{run.name}, {run.status}"))
     for conv, rs in groups.items():
         best = max(rs, key=lambda r: r.metrics.get("test/acc", -1))
         if best.confusion is not None:
             plot_confusion(best, out / f"confusion_{conv}.png")
-            figures.append((f"confusion_{conv}.png", f"Test confusion matrix of the best {conv} run, {best.name}"))
+            figures["confusion"].append((f"confusion_{conv}.png", f"Test confusion matrix of the best {conv} run, "
+                                                                  f"{best.name}"))  # fmt: skip
     return figures
 
 
@@ -119,12 +123,17 @@ def write_report(root: Path) -> Path:
     figures = draw_figures(runs, cells, conv_points, out)
 
     run_rows = [{"run": r.name, "conv": r.conv, "seed": r.seed, "setting": setting_label(r, keys), "status": r.status,
+                 "complete": r.complete, "epochs": r.progress, "stopped_by": r.stopped_by,
                  **{k: r.metrics.get(k) for k in [*QUALITY, *efficiency_keys]}} for r in runs]  # fmt: skip
     write_csv(out / "summary.csv", run_rows)
-    paragraphs = [findings(stats), " ".join(describe(c) for c in comparisons), " ".join(cost_sentences)]
+    # The findings give each verdict in a line; the full sentence stands once, under "Is the difference real?".
+    paragraphs = [findings(stats), " ".join(verdict(c) for c in comparisons), " ".join(cost_sentences)]
     paragraph = "\n\n".join(p for p in paragraphs if p)
+    headline = headline_rows(cells, stats, comparisons, keys)
     write_json(out / "summary.json", {
         "runs": run_rows,
+        "complete": sum(r.complete for r in runs),
+        "headline": headline,
         "by_conv": {cell_name(key): s for key, s in stats.items()},
         "significance": [{"conv": c.conv, "baseline": c.baseline, "setting": c.setting, "significant": c.significant,
                           "p_value": c.p_value, "no_spread": c.no_spread, "pairs": [asdict(p) for p in c.pairs],
@@ -135,10 +144,15 @@ def write_report(root: Path) -> Path:
     })  # fmt: skip
     significance_lines = [f"- {describe(c)}" for c in comparisons] + [f"- Not compared: {p}" for p in problems]
     (out / "report.md").write_text(
-        report_markdown(root, runs, cells, stats, class_names, figures, paragraph, significance_lines, keys)
+        report_markdown(root, runs, cells, stats, class_names, figures, paragraph, significance_lines, keys, headline)
         + deployed_section(out, runs, conv_points)
     )
     return out
+
+
+def completion(runs: list[Run]) -> str:
+    """'k of n runs complete', the line a report and `python -m sepdense.report` lead with."""
+    return f"{sum(r.complete for r in runs)} of {len(runs)} run{'s' if len(runs) != 1 else ''} complete"
 
 
 def report_markdown(
@@ -147,32 +161,55 @@ def report_markdown(
     cells: dict[Cell, list[Run]],
     stats: dict[Cell, dict],
     class_names: list[str],
-    figures: list[tuple[str, str]],
+    figures: dict[str, list[tuple[str, str]]],
     paragraph: str,
     significance_lines: list[str],
     keys: list[str],
+    headline: list[dict],
 ) -> str:
     def head(key: Cell) -> dict:
         return {"conv": key[0], **({"setting": key[1]} if keys else {})}
 
-    quality = [{**head(key), "runs": len(cells[key]), **{f"{k.split('/')[1]} (%)": cell(s.get(k), 100)
-                                                         for k in QUALITY}} for key, s in stats.items()]  # fmt: skip
-    efficiency = [{**head(key), **{label: cell(s.get(k), scale, digits) for k, label, scale, digits in EFFICIENCY}}
+    def shown(section: str) -> list[str]:
+        return [f"{caption}:\n\n![{caption}]({name})\n" for name, caption in figures[section]] or ["(none)\n"]
+
+    efficiency = [{**head(key), "runs": len(cells[key]),
+                   **{label: cell(s.get(k), scale, digits) for k, label, scale, digits in EFFICIENCY}}
                   for key, s in stats.items()]  # fmt: skip
     per_class = [{"class": c, **{cell_name(key): cell(s.get(f"test/f1/{c}"), 100) for key, s in stats.items()}}
                  for c in class_names]  # fmt: skip
-    status = [{"run": r.name, "conv": r.conv, "seed": r.seed, "status": r.status,
-               "test acc (%)": format_value(100 * r.metrics["test/acc"]) if "test/acc" in r.metrics else "-"}
+    status = [{"run": r.name, "conv": r.conv, "seed": r.seed, "epochs": r.progress or "-", "status": r.status,
+               "test acc (%)": format_value(100 * r.metrics["test/acc"]) if r.complete and "test/acc" in r.metrics
+               else "-"}
               for r in runs]  # fmt: skip
+    unfinished = [f"- {r.name}: {r.status}" + (f", {r.progress}" if r.progress and r.progress not in r.status else "")
+                  for r in runs if not r.complete]  # fmt: skip
+    if unfinished:
+        unfinished = ["In progress or unreadable (left out of every number, test and front; continue a sweep with "
+                      "its command and `resume=true`):", "", *unfinished, ""]  # fmt: skip
+    early = [r.name for r in runs if r.complete and r.stopped_by == "early_stopping"]
+    early_note = [f"Stopped by early stopping, complete by its own rule: {', '.join(early)}.", ""] if early else []
     none = "(no complete run)\n"
     return "\n".join(
         [
             f"# Report: {root.name}",
             "",
-            f"Generated by `python -m sepdense.report {root}` from {len(runs)} run(s) "
-            f"({sum(r.complete for r in runs)} complete). Accuracy figures are on the test split of the data each "
-            "run was configured with (see each run's `.hydra/config.yaml`); values are mean ± std over seeds where "
-            "there are several." + (f" Network settings that vary between runs: {', '.join(keys)}." if keys else ""),
+            f"**{completion(runs)}.** Generated by `python -m sepdense.report {root}`. Only complete runs enter its "
+            "numbers, tests and fronts; runs in progress are listed below and appear only in the per-run curves. "
+            "Accuracy figures are on the test split of the data each run was configured with (see each run's "
+            "`.hydra/config.yaml`); values are mean ± std over seeds where there are several."
+            + (f" Network settings that vary between runs: {', '.join(keys)}." if keys else ""),
+            "",
+            *unfinished,
+            *early_note,
+            "## Headline",
+            "",
+            markdown_table(headline) if headline else none,
+            f"Per conv type{' and setting' if keys else ''}: test accuracy and macro precision / recall / F1 "
+            f"(mean ± std over seeds); against {BASELINE_CONV}, paired by seed on the same test images: the "
+            "accuracy difference, the paired t 95% interval over seeds, McNemar's exact test and a bootstrap 95% "
+            "interval per seed, and the verdict (see 'Is the difference real?'); the cost as the runs logged it. "
+            f"Latency: {LATENCY_METHOD}.",
             "",
             "## Findings",
             "",
@@ -184,23 +221,23 @@ def report_markdown(
             "",
             HOW_TO_READ,
             "",
-            "## Test metrics (macro-averaged precision, recall, F1)",
+            "## Learning curves",
             "",
-            markdown_table(quality) if quality else none,
+            *shown("curves"),
+            "## Accuracy against cost",
+            "",
+            *shown("tradeoff"),
+            f"Costs compared at equal value in the findings: {', '.join(COSTS.values())}.",
+            "",
             "## Efficiency (as logged by the runs)",
             "",
             markdown_table(efficiency) if efficiency else none,
-            f"Latency: {LATENCY_METHOD}. Costs compared at equal value in the findings: {', '.join(COSTS.values())}.",
-            "",
             "## Per-class test F1 (%)",
             "",
             markdown_table(per_class) if per_class else "(no per-class metrics)\n",
-            "## Figures",
+            "## Confusion matrices",
             "",
-            *[f"{caption}:\n\n![{caption}]({name})\n" for name, caption in figures],
-            "",
-            "Per-run learning curves are in `curves/`.",
-            "",
+            *shown("confusion"),
             "## Runs",
             "",
             markdown_table(status) if status else "(no run found)\n",

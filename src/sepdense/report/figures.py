@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -52,10 +53,12 @@ def plot_run_curves(run: Run, path: Path) -> None:
                 x = [e + 1 for e in epochs]
                 all_epochs.update(x)
                 ax.plot(x, _values(tag, list(values)), "-", ms=4, label=STAGE_NAME[stage], **STAGE_STYLE[stage])
-        ax.set(ylabel=METRIC_LABEL[metric], title=f"{run.name}: {'accuracy' if metric == 'acc' else metric}")
+        ax.set(ylabel=METRIC_LABEL[metric], title="accuracy" if metric == "acc" else "loss")
         ax.legend()
     for ax in axes:
         _epoch_axis(ax, sorted(all_epochs))
+    # The run's name once, above both panels and wrapped: sweep run names can be long.
+    fig.suptitle("\n".join(textwrap.wrap(run.name, 90)), fontsize=10)
     _save(fig, path)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sepdense.report.build import write_report
+from sepdense.report.headline import run_summary
+from sepdense.runs import REPORT_DIR
 from sepdense.tracking import log_report
 
 
@@ -25,17 +28,31 @@ class ReportCallback(Callback):
             self._write(Path(config.hydra.runtime.output_dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._write(Path(config.hydra.sweep.dir))
+        root = Path(config.hydra.sweep.dir)
+        if self._write(root):
+            print(sweep_summary(root))
 
     @staticmethod
-    def _write(root: Path) -> None:
+    def _write(root: Path) -> bool:
+        """Write the report of ``root``; whether it was written."""
         if int(os.environ.get("LOCAL_RANK", "0")) > 0:  # DDP child processes re-run the script: one report
-            return
+            return False
         if not root.is_dir():  # a run that failed before saving anything removes its directory
-            return
+            return False
         try:
             print(f"[sepdense] report: {write_report(root) / 'report.md'}")
             log_report(root)  # a run tracked in MLflow gets its report as artifacts too
+            return True
         except Exception as err:  # the runs themselves are saved; a report problem must not look like a failed run
             print(f"[sepdense] could not write the report for {root} ({type(err).__name__}: {err}); "
                   f"run `python -m sepdense.report {root}` to retry.")  # fmt: skip
+            return False
+
+
+def sweep_summary(root: Path) -> str:
+    """What a sweep prints when it ends: each run's test accuracy and macro F1 (or how far it got), and where
+    the sweep and its report are; read from the report's summary.json."""
+    summary = json.loads((root / REPORT_DIR / "summary.json").read_text())
+    runs = summary["runs"]
+    return (f"\n[sepdense] sweep: {summary['complete']} of {len(runs)} runs complete\n{run_summary(runs)}"
+            f"sweep directory: {root}\nreport: {root / REPORT_DIR / 'report.md'}")  # fmt: skip

@@ -255,3 +255,17 @@ def describe(comparison: Comparison) -> str:
         f"{comparison.conv} vs {comparison.baseline}{where}: {test}: {verdict} at 5% over {n} seeds. "
         f"McNemar's p per seed: {mcnemar_ps}.{caveat}"
     )
+
+
+def verdict(comparison: Comparison) -> str:
+    """The findings' one-line verdict; the full line (``describe``) stands under "Is the difference real?"."""
+    n = len(comparison.pairs)
+    where = f" at {comparison.setting}" if comparison.setting else ""
+    if n == 1:
+        test, seeds = "McNemar's exact test", "with one seed"
+    else:
+        test = "exact sign-flip test over seeds" if comparison.no_spread else "paired t-test over seeds"
+        seeds = f"over {n} seeds"
+    significant = "significant" if comparison.significant else "not significant"
+    return (f"{comparison.conv} vs {comparison.baseline}{where}: {significant} at 5% {seeds} ({test}, "
+            f"p = {comparison.p_value:.3g}).")  # fmt: skip
