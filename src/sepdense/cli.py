@@ -67,5 +67,9 @@ def quiet_libraries() -> None:
     # The data module restores the training loader's place in a mid-epoch checkpoint itself (CIFAR10DataModule.
     # state_dict), so Lightning's warning that the loader cannot resume mid-epoch does not apply.
     warnings.filterwarnings("ignore", message=r".*ended before the epoch ended and your dataloader is not resumable")
+    # Lightning warns when an epoch has fewer batches than trainer.log_every_n_steps, as if the step loss were
+    # then never logged; but the interval counts steps across epochs (Lightning's and module.py's), and the
+    # epoch's metrics are logged on its last batch anyway, so a short epoch loses nothing.
+    warnings.filterwarnings("ignore", message=r"The number of training batches \(\d+\) is smaller than the logging")
     # Lightning 2.6 on torch ≥ 2.10 uses a deprecated pytree check; harmless, and nothing a user can change.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
