@@ -185,4 +185,6 @@ def test_hparams_put_conv_type_and_seed_first_as_tensorboard_reads_them(tmp_path
     }
     assert {m.name.tag for m in experiment.metric_infos} == {"test/acc", "val/acc"}
     start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
-    assert start.hparams["model.conv"].string_value == "standard" and start.hparams["seed"].number_value == 3
+    assert start.hparams["model.conv"].string_value == "standard" and start.hparams["seed"].string_value == "3"
+    # TensorBoard prints numbers to 5 digits (seed 3 as 3.0000): settings that are integers go as text.
+    assert start.hparams["data.batch_size"].string_value == "64" and start.hparams["model.params"].number_value == 10

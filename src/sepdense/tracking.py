@@ -232,11 +232,22 @@ def write_hparams(log_dir: str | Path, values: dict[str, Any], finals: dict[str,
     Written as its own event file (not through ``log_hyperparams``, which would log each metric again
     as a one-point curve at step 0); the tab reads the metrics' last values from their curves.
     """
-    experiment, start, end = hparams(values, finals)
+    experiment, start, end = hparams(hparams_display(values), finals)
     writer = FileWriter(str(log_dir))
     for summary in (mark_differs(experiment, HPARAMS_FIRST), start, end):
         writer.add_summary(summary)
     writer.close()
+
+
+def hparams_display(values: dict[str, Any]) -> dict[str, Any]:
+    """Settings that are integers or booleans as text, so HPARAMS shows them as such.
+
+    TensorBoard prints every number with 5 significant digits (seed 0 as ``0.0000``; torch writes a
+    bool as the number 1 or 0). Measured figures (``HPARAMS_MEASURED``) stay numbers, so that the
+    tab can plot them against accuracy.
+    """
+    measured = {key.replace("/", ".") for key in HPARAMS_MEASURED}
+    return {k: v if k in measured or not isinstance(v, int) else str(v).lower() for k, v in values.items()}
 
 
 def mark_differs(experiment: Summary, names: Iterable[str]) -> Summary:
