@@ -23,6 +23,19 @@ def duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+def estimate_line(step_s: float, steps_left: int, epoch: int, max_epochs: int | None) -> str:
+    """The estimate of the training left: the rest of the current (0-based) ``epoch`` and the epochs after it."""
+    steps = f"{steps_left:,} more step{'' if steps_left == 1 else 's'}"
+    if max_epochs is not None and max_epochs > 0:  # -1: the run is bounded by trainer.max_steps instead
+        after = max_epochs - epoch - 1
+        later = {0: "", 1: f" and epoch {epoch + 2}"}.get(after, f" and epochs {epoch + 2}–{max_epochs}")
+        steps += f" (the rest of epoch {epoch + 1}{later} of {max_epochs})"
+    return (
+        f"Estimated training time: {duration(steps_left * step_s)} for {steps} at {step_s:.3g} s per step, plus "
+        "validation. For a shorter run: trainer.max_epochs=<n> and/or trainer.limit_train_batches=<fraction>."
+    )
+
+
 class EpochLog(pl.Callback):
     """Writes to the log (``train.log`` in the run directory, and the console) one line per epoch:
     epoch, training and validation loss and accuracy, training images/s, time elapsed and left.
@@ -64,11 +77,7 @@ class EpochLog(pl.Callback):
         elif batch_idx + 1 == warmup + timed:
             step_s = (self._now(trainer) - (self._timed_from or self._epoch_start)) / timed
             steps_left = max(0, int(trainer.estimated_stepping_batches) - trainer.global_step)
-            log.info(
-                "Estimated training time: %s for %d more steps at %.3g s per step (%s epochs), plus validation. "
-                "For a shorter run: trainer.max_epochs=<n> and/or trainer.limit_train_batches=<fraction>.",
-                duration(steps_left * step_s), steps_left, step_s, trainer.max_epochs,
-            )  # fmt: skip
+            log.info(estimate_line(step_s, steps_left, trainer.current_epoch, trainer.max_epochs))
             self._estimated = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
