@@ -91,7 +91,7 @@ def label(setting: dict) -> str:
 
 def training_command(conv: str, setting: dict, channels_last: bool, overrides: Sequence[str]) -> str:
     """The ``train.py`` command that trains the way ``setting`` ran."""
-    args = [f"model.conv={conv}", *overrides]
+    args = [f"model.conv={conv}", *(o for o in overrides if not o.startswith("model.conv="))]
     if setting["compile_mode"]:
         args.append(f"module.compile={setting['compile_mode']}")
     if setting["mode"].endswith("graphed"):
@@ -367,7 +367,8 @@ def describe(result: dict, projection: dict, loss_rtol: float) -> str:
         f"\n`projected_run_min`: {projection['epochs']} epochs of "
         f"{projection['train_split_images'] - projection['val_images']:,} training images (full batches), "
         f"{projection['val_images']:,} validation images per epoch and {projection['test_images']:,} test images "
-        "at `eval_ms` per evaluation batch, plus `compile_s`; the Lightning loop's own per-step work is not in it. "
+        "at `eval_ms` per evaluation batch (the partial last ones counted as full), plus `compile_s`; the Lightning "
+        "loop's own per-step work and the data loader are not in it. "
         f"`loss_vs_eager`: the largest relative difference of the first {CHECK_STEPS} losses (same weights, same "
         f"batch) from the eager step's; `same_function`: within {loss_rtol} and at the training batch.",
     ]
