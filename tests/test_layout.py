@@ -11,7 +11,7 @@ PACKAGE = ROOT / "src" / "sepdense"
 # Bottom to top. A unit (a top-level module or subpackage of sepdense) may import its own floor's
 # units and lower floors only. Measurement, files and data at the bottom; entry points and reports on top.
 FLOORS = [
-    {"errors", "cli", "tables", "measure", "runs", "resolvers", "checkpoints"},
+    {"errors", "cli", "tables", "measure", "runs", "resolvers", "checkpoints", "stopping"},
     {"data", "models"},
     {"runtime", "optim", "metrics", "plotting", "precision", "checkpoint_io", "deployment"},
     {"module", "callbacks", "tracking"},

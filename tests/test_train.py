@@ -38,7 +38,7 @@ def scalar_tags(run_dir: Path) -> dict[str, list]:
 def run_dir(request: pytest.FixtureRequest) -> Path:
     if request.param.startswith("single"):
         return request.getfixturevalue("smoke_run")[0]
-    return request.getfixturevalue("smoke_sweep") / "callbacks.progress_bar=null,debug=smoke,model.conv=standard,seed=0"
+    return request.getfixturevalue("smoke_sweep") / "model.conv=standard,seed=0,callbacks.progress_bar=null,debug=smoke"
 
 
 @pytest.mark.slow
@@ -123,7 +123,7 @@ def test_the_progress_bar_counts_epochs_like_the_log_lines() -> None:
 def test_multirun_sweeps_both_conv_types_into_their_own_directories(smoke_sweep: Path) -> None:
     runs = sorted(p for p in smoke_sweep.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert [r.name for r in runs] == [
-        f"callbacks.progress_bar=null,debug=smoke,model.conv={conv},seed={seed}"
+        f"model.conv={conv},seed={seed},callbacks.progress_bar=null,debug=smoke"
         for conv in ("separable", "standard") for seed in (0, 1)
     ]  # fmt: skip
     params = {}

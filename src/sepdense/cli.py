@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
+from sepdense import stopping  # noqa: F401  (its import marks the command's start, for time_limit)
 from sepdense.errors import DiskFullError, UserError
 
 T = TypeVar("T")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -12,9 +13,9 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
 
-from sepdense.callbacks import Interruption, LastMetrics, SummaryCallback
+from sepdense.callbacks import Interruption, LastMetrics, SummaryCallback, TimeLimit
 from sepdense.checkpoint_io import AtomicCheckpointIO
 from sepdense.checkpoints import load_checkpoint, newest_loadable
 from sepdense.cli import find_user_error, quiet_libraries
@@ -25,6 +26,7 @@ from sepdense.precision import resolve_precision, scalars
 from sepdense.runs import (
     CHECKPOINT_DIR,
     ENVIRONMENT_FILE,
+    METRICS_FILE,
     is_run_dir,
     remove_run_without_results,
     write_confusion,
@@ -33,6 +35,7 @@ from sepdense.runs import (
     write_predictions,
 )
 from sepdense.runtime import reuse_freed_memory
+from sepdense.stopping import TIME_LIMIT_EXIT, completion, interrupted, is_complete, time_left
 from sepdense.tracking import build_loggers, finish_tracking
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,8 @@ def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
         )
     candidates = list((output_dir / CHECKPOINT_DIR).glob("*.ckpt"))
     if not candidates and resume in (True, "true", "True"):
+        if is_multirun():  # a job of a continued sweep that had not saved anything yet starts (again)
+            return None
         raise ConfigError(nothing_to_resume(cfg))
     if not candidates:
         raise ConfigError(f"{output_dir} has no checkpoint to resume from (nothing in {CHECKPOINT_DIR}/); start a "
@@ -94,21 +99,38 @@ def nothing_to_resume(cfg: DictConfig) -> str:
     )
 
 
-def raise_if_interrupted(callbacks: list[Any], trainer: pl.Trainer, err: BaseException) -> None:
-    """After a signal stopped fitting: one line saying what was saved and how to continue, and a signal's exit code."""
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and str(HydraConfig.get().mode).endswith("MULTIRUN")
+
+
+def continue_command() -> str:
+    """The command that continues this run, or the sweep it belongs to: the same overrides with resume=true."""
+    if is_multirun():
+        argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("train.py") else ["-m", "<the sweep's overrides>"]
+    else:
+        argv = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return " ".join(["python train.py", *(a for a in argv if not a.lstrip("+~").startswith("resume=")), "resume=true"])
+
+
+def stop_interrupted(callbacks: list[Any], trainer: pl.Trainer, output_dir: Path, err: BaseException) -> None:
+    """After a signal or the time limit stopped fitting: record the run as unfinished, and stop with one line
+    that says what was saved and how to continue (exit status 124 for the time limit, 128 + N for signal N)."""
     interruption = next((c for c in callbacks if isinstance(c, Interruption)), None)
     if interruption is None or interruption.signal is None:
         return
-    if HydraConfig.initialized() and str(HydraConfig.get().mode).endswith("MULTIRUN"):
-        again = f"resume={trainer.default_root_dir}"
+    time_limit = next((c for c in callbacks if isinstance(c, TimeLimit) and c.reached), None)
+    by = "time_limit" if time_limit is not None else "signal"
+    if trainer.is_global_zero:
+        last = {k: v for k, v in scalars(trainer.callback_metrics).items() if not k.startswith("test/")}
+        write_metrics(output_dir, last | interrupted(trainer.current_epoch, trainer.max_epochs, by))
+    saved = (f"saved epoch {trainer.current_epoch + 1} of {trainer.max_epochs}, step {trainer.global_step}, in "
+             f"{interruption.saved}" if interruption.saved else "nothing new to save")  # fmt: skip
+    if time_limit is not None:
+        what, code = f"Time limit time_limit={time_limit.limit} reached", TIME_LIMIT_EXIT
     else:
-        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
-        again = " ".join([*(o for o in overrides if not o.startswith("resume=")), "resume=true"])
-    saved = f"saved epoch {trainer.current_epoch + 1}, step {trainer.global_step} in {interruption.saved}" if (
-        interruption.saved) else "nothing new to save"  # fmt: skip
-    code = 128 + (signal.SIGTERM if interruption.signal == "SIGTERM" else signal.SIGINT)
-    raise RunInterrupted(f"Stopped by {interruption.signal}: {saved}. Continue with: python train.py {again}",
-                         exit_code=code) from err  # fmt: skip
+        what = f"Stopped by {interruption.signal}"
+        code = 128 + (signal.SIGTERM if interruption.signal == "SIGTERM" else signal.SIGINT)
+    raise RunInterrupted(f"{what}: {saved}. Continue with: {continue_command()}", exit_code=code) from err
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -129,6 +151,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if cfg.get("reuse_freed_memory", True) and not reuse_freed_memory():
         log.info("reuse_freed_memory has no effect here: the C library is not glibc.")
+    left = time_left(cfg.get("time_limit"))
+    if left is not None and left <= 0:
+        raise RunInterrupted(f"Time limit time_limit={cfg.time_limit} reached before {output_dir.name} started: not "
+                             f"started. Continue with: {continue_command()}", exit_code=TIME_LIMIT_EXIT)  # fmt: skip
+    if cfg.get("resume") and (output_dir / METRICS_FILE).is_file():
+        saved = json.loads((output_dir / METRICS_FILE).read_text())
+        if is_complete(saved):  # a finished job of a continued sweep: nothing is trained or tested again
+            log.info("%s is complete (%s): not trained or tested again.", output_dir, saved.get("stopped_by", "done"))
+            return saved
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = checkpoint_to_resume(cfg, output_dir)
@@ -163,7 +194,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as err:
-        raise_if_interrupted(callbacks, trainer, err)
+        stop_interrupted(callbacks, trainer, output_dir, err)
         raise
     metrics = scalars(trainer.callback_metrics)  # the last epoch's train and val metrics
     for callback in callbacks:
@@ -173,7 +204,13 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best is not None and checkpoint.best_model_score is not None:
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
-    if cfg.get("test", True):
+    early = any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in callbacks)
+    metrics |= completion(trainer.current_epoch, trainer.max_epochs, trainer.global_step, trainer.max_steps, early)
+    if not metrics["complete"]:
+        log.warning("Fitting stopped at epoch %d of %s before its end (e.g. by trainer.max_time): these are not the "
+                    "final weights, so they are not tested. To limit time, use time_limit=DD:HH:MM:SS; continue with: "
+                    "%s", trainer.current_epoch, trainer.max_epochs, continue_command())  # fmt: skip
+    elif cfg.get("test", True):
         if best is None:
             log.warning("No best checkpoint was saved; testing the weights at the end of training.")
         trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
@@ -188,4 +225,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
             write_confusion(output_dir, module.class_names, module.confusion["test"].tolist())
             write_predictions(output_dir, module.predictions, module.class_names)
         finish_tracking(trainer.loggers, cfg, metrics, output_dir)
+        if "test/acc" in metrics:
+            log.info("Result: test accuracy %.2f%%, macro F1 %.2f%% (checkpoint %s). Run directory: %s",
+                     100 * metrics["test/acc"], 100 * metrics.get("test/f1", float("nan")), best or "at the end",
+                     output_dir)  # fmt: skip
     return metrics

@@ -5,7 +5,7 @@ from sepdense.callbacks.confusion import ConfusionMatrixFigure
 from sepdense.callbacks.epoch_log import EpochLog
 from sepdense.callbacks.model_cost import ModelCost
 from sepdense.callbacks.progress import EpochProgressBar
-from sepdense.callbacks.resumption import Interruption, LastMetrics
+from sepdense.callbacks.resumption import Interruption, LastMetrics, TimeLimit
 from sepdense.callbacks.timing import Timing
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "LastMetrics",
     "ModelCost",
     "SummaryCallback",
+    "TimeLimit",
     "Timing",
 ]

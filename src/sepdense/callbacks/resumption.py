@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from sepdense.precision import scalars
+from sepdense.stopping import time_left
 
 log = logging.getLogger("sepdense")
 
@@ -68,3 +71,31 @@ class LastMetrics(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.metrics = dict(state_dict.get("metrics", {}))
+
+
+class TimeLimit(pl.Callback):
+    """Stops training once the command's ``time_limit`` (DD:HH:MM:SS, counted from the command's start) is reached.
+
+    It stops the way SIGTERM does, so ``Interruption`` saves the step it stopped at and the run
+    continues exactly from there with ``resume=true``. Checked after every training and
+    validation batch: a batch of the default model takes seconds, so the limit is kept to about one batch.
+    """
+
+    def __init__(self, limit: str | None = None) -> None:
+        self.limit = limit
+        self.reached = False
+        time_left(limit)  # a malformed limit is reported before training starts
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        left = time_left(self.limit)
+        if left is not None and left <= 0 and not self.reached and trainer.state.fn == TrainerFn.FITTING:
+            self.reached = True
+            # Through Lightning's own SIGTERM handling: it stops at the next batch boundary with the loop's
+            # counters up to date (a stop raised from this hook would save a step as not yet done).
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._check(trainer)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._check(trainer)

@@ -1,0 +1,68 @@
+"""When and why a run stops: the invocation's time limit, and the record of whether a run finished.
+
+``time_limit=DD:HH:MM:SS`` counts from the start of this command (``python train.py ...``), for a
+single run or a whole sweep, not from the start of the run as Lightning's ``trainer.max_time`` does
+(whose Timer restores the time already spent from the checkpoint, so a resumed run with the same
+limit stops at once). What ``metrics.json`` says of a run's end (``completion``) is read by
+training (skip a finished job), the report (never count an unfinished run) and the user.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from sepdense.errors import ConfigError
+
+# This module is imported by the entry points' first import (sepdense.cli): the command's start.
+INVOCATION_START = time.monotonic()
+TIME_LIMIT_FORMAT = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")
+# The exit status of a command stopped by its time limit (as coreutils' `timeout` uses).
+TIME_LIMIT_EXIT = 124
+STOPPED_BY = ("max_epochs", "max_steps", "early_stopping", "time_limit", "signal", "stopped early")
+
+
+def time_limit_seconds(limit: Any) -> float | None:
+    """``time_limit`` as seconds (None: no limit); ``DD:HH:MM:SS`` as Lightning's ``max_time`` writes it."""
+    if limit in (None, "", "null"):
+        return None
+    match = TIME_LIMIT_FORMAT.match(str(limit).strip())
+    if match is None:
+        raise ConfigError(f"time_limit={limit} is not DD:HH:MM:SS (e.g. time_limit=00:11:30:00 for 11 h 30 min).")
+    days, hours, minutes, seconds = (int(g) for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
+
+
+def time_left(limit: Any) -> float | None:
+    """Seconds left of this command's time limit (negative once it has passed; None: no limit)."""
+    seconds = time_limit_seconds(limit)
+    return None if seconds is None else seconds - (time.monotonic() - INVOCATION_START)
+
+
+def completion(epochs_done: int, epochs_planned: int | None, steps_done: int, steps_planned: int,
+               early_stopped: bool) -> dict[str, Any]:  # fmt: skip
+    """What metrics.json records of how fitting ended: ``complete``, the epochs done of those planned, why it ended.
+
+    Early stopping ends a run before its epochs, by its own rule: that run is complete.
+    """
+    if early_stopped:
+        stopped_by = "early_stopping"
+    elif steps_planned > 0 and steps_done >= steps_planned:
+        stopped_by = "max_steps"
+    elif epochs_planned is not None and epochs_planned >= 0 and epochs_done >= epochs_planned:
+        stopped_by = "max_epochs"
+    else:
+        stopped_by = "stopped early"
+    return {"complete": stopped_by != "stopped early", "epochs_done": epochs_done, "epochs_planned": epochs_planned,
+            "stopped_by": stopped_by}  # fmt: skip
+
+
+def interrupted(epochs_done: int, epochs_planned: int | None, by: str) -> dict[str, Any]:
+    """The record of a run stopped by a signal or the time limit before its end."""
+    return {"complete": False, "epochs_done": epochs_done, "epochs_planned": epochs_planned, "stopped_by": by}
+
+
+def is_complete(metrics: dict[str, Any]) -> bool:
+    """A run's metrics.json says it finished (runs saved before the ``complete`` key existed did, or saved none)."""
+    return bool(metrics.get("complete", True))
