@@ -55,6 +55,18 @@ def require_deploy_packages() -> None:
             ) from None
 
 
+@contextlib.contextmanager
+def info_hidden() -> Iterator[None]:
+    """The exporter's optimiser and the quantizer log every step at INFO (hundreds of lines); keep their warnings."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def export_onnx(net: Any, path: Path, opset: int = OPSET) -> dict[str, Any]:
     """Write ``net`` (eval mode, every exactly foldable BatchNorm folded) to ``path`` with a dynamic batch dimension.
 
@@ -69,8 +81,8 @@ def export_onnx(net: Any, path: Path, opset: int = OPSET) -> dict[str, Any]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.zeros(2, 3, 32, 32)  # not 1: torch.export would take a batch of 1 for a constant
-    # The exporter prints its progress to stdout, which is for results here.
-    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+    # The exporter prints its progress to stdout, which is for results here, and logs each pass at INFO.
+    with contextlib.redirect_stdout(io.StringIO()), info_hidden(), torch.no_grad():
         torch.onnx.export(folded, (example,), str(path), dynamo=True, input_names=[INPUT], output_names=[OUTPUT],
                           dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=opset,
                           external_data=False)  # fmt: skip
@@ -81,18 +93,6 @@ def export_onnx(net: Any, path: Path, opset: int = OPSET) -> dict[str, Any]:
 def batches(images: np.ndarray, batch: int) -> Iterator[np.ndarray]:
     for start in range(0, len(images), batch):
         yield np.ascontiguousarray(images[start : start + batch], dtype=np.float32)
-
-
-@contextlib.contextmanager
-def info_hidden() -> Iterator[None]:
-    """The quantizer logs every step at INFO on the root logger (hundreds of lines); only its warnings are kept."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        root.setLevel(level)
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, calibration_images: np.ndarray, batch: int = 32) -> None:

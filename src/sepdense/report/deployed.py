@@ -68,7 +68,7 @@ def plot_deployed_tradeoff(points_by_precision: dict[str, dict[str, list[Point]]
             front = pareto_front(ps, cost)
             ax.plot([p.mean(cost) for p in front], [100 * p.accuracy for p in front], "-", color=colors[conv], lw=1.5)
         ax.set_xlabel(f"ONNX Runtime {precision} latency, batch 1, 1 thread (ms)")
-        ax.set_ylabel(f"test accuracy in ONNX Runtime {precision} (%)")
+        ax.set_ylabel("test accuracy in int8 (%)" if precision == "int8" else "test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
