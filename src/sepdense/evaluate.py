@@ -4,6 +4,8 @@ Rebuilds the model from the checkpoint (its network config is saved in it), eval
 chosen split of the run's own data (or of ``data=...`` when given), prints accuracy, macro and
 per-class precision / recall / F1, and saves them, the confusion matrix and the per-image test
 predictions in the evaluation's run directory, under the same names and keys as training.
+``engine=onnxruntime [quantize=int8]`` computes them from the network exported to ONNX (and
+quantized) and run by ONNX Runtime instead. The model rebuilding is shared with ``sepdense.export``.
 """
 
 from __future__ import annotations
