@@ -48,7 +48,9 @@ def test_a_crafted_checkpoint_is_refused_by_each_entry_point(tmp_path: Path, smo
     marker = tmp_path / "code-ran"
     crafted = crafted_checkpoint(tmp_path / "shared.ckpt", marker)
     # Training from it, and evaluating it: one line naming the file, and nothing ran.
-    for command in (("train.py", *SMOKE, f"ckpt_path={crafted}"), ("-m", "sepdense.evaluate", f"ckpt_path={crafted}")):
+    commands = [("train.py", *SMOKE, f"ckpt_path={crafted}"), ("-m", "sepdense.evaluate", f"ckpt_path={crafted}"),
+                ("-m", "sepdense.export", f"ckpt_path={crafted}")]  # fmt: skip
+    for command in commands:
         result = run_entry(*command, log_dir=tmp_path / "logs", check=False)
         assert result.returncode == 1
         line = one_error_line(result.stderr)
@@ -57,7 +59,8 @@ def test_a_crafted_checkpoint_is_refused_by_each_entry_point(tmp_path: Path, smo
     # Resuming a run directory whose last.ckpt was replaced.
     run_dir, _ = smoke_run
     copy = tmp_path / "copied-run"
-    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.ckpt", "tensorboard", "report"))
+    # a run in progress (no metrics.json) whose checkpoint was replaced
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.ckpt", "tensorboard", "report", "metrics.json"))
     crafted_checkpoint(copy / "checkpoints" / "last.ckpt", marker)
     result = run_entry("train.py", *SMOKE, f"resume={copy}", log_dir=tmp_path / "logs", check=False)
     assert result.returncode == 1 and "could run code" in one_error_line(result.stderr)
@@ -65,15 +68,37 @@ def test_a_crafted_checkpoint_is_refused_by_each_entry_point(tmp_path: Path, smo
     assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["last.ckpt"]  # nothing was written
 
 
-def test_a_checkpoint_naming_a_callable_is_refused(tmp_path: Path, smoke_run: tuple) -> None:
-    """Plain values only, but a network _target_ that Hydra would call while rebuilding the model."""
+@pytest.mark.parametrize(
+    "target",
+    ["builtins.open", "sepdense.models.densenet.torch.serialization.load", "sepdense.models.DenseNetX"],
+)
+def test_a_checkpoint_naming_a_callable_is_refused(target: str, tmp_path: Path, smoke_run: tuple) -> None:
+    """Plain values only, but a network _target_ that Hydra would call while rebuilding the model: any name but
+    the network's own, also one that starts like it (Hydra walks a dotted name through attributes)."""
     run_dir, _ = smoke_run
     saved = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
-    saved["hyper_parameters"]["net"] = {"_target_": "builtins.open", "file": str(tmp_path / "code-ran"), "mode": "w"}
+    saved["hyper_parameters"]["net"] = {"_target_": target, "f": str(tmp_path / "code-ran")}
     torch.save(saved, tmp_path / "hostile.ckpt")
     with pytest.raises(UnsafeFileError, match=r"hostile.ckpt holds a config \(hyper_parameters.net\) whose _target_"):
         load_checkpoint(tmp_path / "hostile.ckpt")
     assert load_checkpoint(run_dir / "checkpoints" / "best.ckpt")["state_dict"]  # our own checkpoints still load
+
+
+def test_the_allowed_targets_name_the_real_classes() -> None:
+    import hydra.utils
+
+    from sepdense.checkpoints import DATA_TARGETS, NETWORK_TARGETS
+    from sepdense.data import CIFAR10DataModule, ImageFolder, OfficialCIFAR10, Synthetic
+    from sepdense.models import DenseNet
+
+    for names, classes in ((NETWORK_TARGETS, {DenseNet}), (DATA_TARGETS, {CIFAR10DataModule, ImageFolder,
+                                                                          OfficialCIFAR10, Synthetic})):  # fmt: skip
+        assert {hydra.utils.get_class(name) for name in names} == classes
+    for group in ("model", "data"):  # what the configs name is allowed
+        for config in (Path(__file__).parents[1] / "conf" / group).glob("*.yaml"):
+            for line in config.read_text().splitlines():
+                if line.strip().startswith("_target_:"):
+                    assert line.split(":", 1)[1].strip() in NETWORK_TARGETS | DATA_TARGETS, config
 
 
 @pytest.mark.slow

@@ -23,8 +23,16 @@ NUMPY_ARRAY_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
 }  # fmt: skip
-# What a checkpoint may name as its network (``hyper_parameters.net._target_``): it is instantiated on loading.
-NETWORK_PREFIX = "sepdense.models."
+# The only callables a file may name as a ``_target_`` (Hydra calls it): the network a checkpoint is rebuilt
+# with, and the data a saved run config describes. Exact names, never prefixes: Hydra walks dotted names
+# through attributes, so "sepdense.models.densenet.torch.os.system" would reach os.system. Kept as strings
+# (this module imports neither); tests/test_faults.py checks that they name the real classes.
+NETWORK_TARGETS = frozenset({"sepdense.models.DenseNet", "sepdense.models.densenet.DenseNet"})
+DATA_TARGETS = frozenset({
+    "sepdense.data.CIFAR10DataModule", "sepdense.data.datamodule.CIFAR10DataModule",
+    *(f"sepdense.data{module}.{name}" for module in ("", ".sources") for name in ("OfficialCIFAR10", "ImageFolder",
+                                                                                "Synthetic")),
+})  # fmt: skip
 
 
 class UnsafeFileError(UserError):
@@ -43,21 +51,21 @@ def _unsafe(path: Path | str, what: str) -> UnsafeFileError:
     )
 
 
-def check_targets(config: Any, allowed_prefix: str, path: Path | str, key: str = "") -> None:
-    """Refuse a config from a file whose ``_target_`` (anywhere in it) lies outside ``allowed_prefix``.
+def check_targets(config: Any, allowed: frozenset[str], path: Path | str, key: str = "") -> None:
+    """Refuse a config from a file with a ``_target_`` (anywhere in it) that is not one of ``allowed``.
 
     Hydra instantiates ``_target_`` strings, so a checkpoint or a saved run config naming
     ``os.system`` would run a command when the model or data is rebuilt from it.
     """
     if isinstance(config, Mapping):
         target = config.get("_target_")
-        if target is not None and not str(target).startswith(allowed_prefix):
+        if target is not None and str(target) not in allowed:
             raise _unsafe(path, f"a config ({key or 'top level'}) whose _target_ is {target!r}, a callable")
         for name, value in config.items():
-            check_targets(value, allowed_prefix, path, f"{key}.{name}" if key else str(name))
+            check_targets(value, allowed, path, f"{key}.{name}" if key else str(name))
     elif isinstance(config, Iterable) and not isinstance(config, str | bytes):
         for i, value in enumerate(config):
-            check_targets(value, allowed_prefix, path, f"{key}[{i}]")
+            check_targets(value, allowed, path, f"{key}[{i}]")
 
 
 def load_checkpoint(path: Path | str, mmap: bool = False) -> dict[str, Any]:
@@ -83,7 +91,7 @@ def load_checkpoint(path: Path | str, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise BrokenCheckpointError(f"{path} is not a Lightning checkpoint (it has no state_dict); give a .ckpt "
                                     f"file saved by a training run.")  # fmt: skip
-    check_targets(checkpoint.get("hyper_parameters", {}), NETWORK_PREFIX, path, "hyper_parameters")
+    check_targets(checkpoint.get("hyper_parameters", {}), NETWORK_TARGETS, path, "hyper_parameters")
     return checkpoint
 
 
@@ -114,16 +122,18 @@ def load_plain_pickle(path: Path | str) -> Any:
 
 
 def newest_loadable(candidates: list[Path], report: Any = print) -> Path | None:
-    """The newest (by modification time) of ``candidates`` that loads; each that does not is named via ``report``.
+    """Of ``candidates``, the one that loads and is furthest into training (by its step, not by file times, which
+    a copy between machines can reorder); each that does not load is named via ``report``.
 
-    A broken file is passed over for an older one; a file that holds code is not (``UnsafeFileError``):
-    a run directory with such a file in it is not to be trusted at all.
+    A broken file is passed over; a file that holds code is not (``UnsafeFileError``): a run
+    directory with such a file in it is not to be trusted at all.
     """
-    for path in sorted((p for p in candidates if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True):
+    progress = {}
+    for path in sorted(p for p in candidates if p.is_file()):
         try:
-            load_checkpoint(path, mmap=True)
+            saved = load_checkpoint(path, mmap=True)
         except BrokenCheckpointError as err:
             report(f"Skipping {path}: {err}")
             continue
-        return path
-    return None
+        progress[path] = (int(saved.get("global_step", 0)), int(saved.get("epoch", 0)), path.stat().st_mtime_ns)
+    return max(progress, key=progress.__getitem__) if progress else None

@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sepdense.checkpoints import check_targets, load_checkpoint
+from sepdense.checkpoints import DATA_TARGETS, check_targets, load_checkpoint
 from sepdense.cli import find_user_error, quiet_libraries, run_reporting_user_errors
 from sepdense.errors import ConfigError
 from sepdense.runs import (
@@ -38,7 +38,6 @@ from sepdense.tables import markdown_table
 log = logging.getLogger("sepdense")
 SPLITS = ("test", "val")
 ENGINES = ("pytorch", "onnxruntime")
-DATA_PREFIX = "sepdense.data."
 
 
 def find_checkpoint(path: str) -> tuple[Path, Path | None]:
@@ -67,7 +66,7 @@ def data_config(cfg: DictConfig, run_dir: Path | None) -> DictConfig:
         return cfg.data
     data = read_config(run_dir).data
     # Its _target_s are instantiated: a saved config naming anything but our data classes is refused.
-    check_targets(OmegaConf.to_container(data), DATA_PREFIX, run_dir / CONFIG_FILE, "data")
+    check_targets(OmegaConf.to_container(data), DATA_TARGETS, run_dir / CONFIG_FILE, "data")
     for override in overrides:
         key = override.split("=", 1)[0]
         if key.startswith("data.") and "=" in override:  # the value as Hydra parsed it into cfg

@@ -20,7 +20,6 @@ INVOCATION_START = time.monotonic()
 TIME_LIMIT_FORMAT = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")
 # The exit status of a command stopped by its time limit (as coreutils' `timeout` uses).
 TIME_LIMIT_EXIT = 124
-STOPPED_BY = ("max_epochs", "max_steps", "early_stopping", "time_limit", "signal", "stopped early")
 
 
 def time_limit_seconds(limit: Any) -> float | None:

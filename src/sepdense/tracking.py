@@ -117,14 +117,15 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Logger]:
     output_dir = Path(cfg.paths.output_dir)
     # A resume continues this directory's tracker runs; a new run from another run's checkpoint starts its own.
     saved = read_trackers(output_dir) if ckpt_path else {}
-    # Memory-mapped: only the step counter is read here; Lightning loads the whole checkpoint later.
-    purge_step = load_checkpoint(ckpt_path, mmap=True)["global_step"] + 1 if ckpt_path else None
+    # A checkpoint at global step G holds what was logged at steps below G (a step's values are logged at its
+    # 0-based index, an epoch's at its last step); the resumed run logs again from G. Memory-mapped: only the
+    # step counter is read here; Lightning loads the whole checkpoint later.
+    purge_step = load_checkpoint(ckpt_path, mmap=True)["global_step"] if ckpt_path else None
     loggers: list[Logger] = []
     for node in nodes:
         kind = node._target_.rsplit(".", 1)[-1]
         kwargs: dict[str, Any] = {}
         if kind == "TensorBoardLogger" and purge_step is not None:
-            # Events at steps up to the checkpoint's (its last epoch's metrics) stay.
             kwargs["purge_step"] = purge_step
         elif kind == "MLFlowLogger":
             kwargs = _mlflow_arguments(node, output_dir, saved.get("mlflow", {}))
@@ -142,15 +143,21 @@ def build_loggers(cfg: DictConfig, ckpt_path: str | None) -> list[Logger]:
 
 
 def _mlflow_arguments(node: DictConfig, output_dir: Path, saved: dict[str, Any]) -> dict[str, Any]:
-    """A tracking URI (the saved one, the configured server, or a SQLite store in the run directory) and run."""
-    uri = saved.get("tracking_uri") or node.get("tracking_uri")
+    """A tracking URI (the configured server, or a SQLite store in the run directory) and the run to continue.
+
+    The URI comes from the config, never from the run directory's trackers.json: a directory someone
+    hands us must not choose where this run's metrics and files are sent. The saved run id is used
+    only when it was saved for that same store.
+    """
+    uri = node.get("tracking_uri")
     if not uri:
         store = Path(node.get("save_dir") or output_dir / "mlflow").resolve()
         store.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{store / 'mlflow.db'}"
         if rank_zero_only.rank == 0:  # DDP's other ranks log nothing, and must not race to create the store
             _create_local_experiment(uri, node.experiment_name, store / "artifacts")
-    return {"tracking_uri": uri, "run_id": saved.get("run_id"), "run_name": node.get("run_name") or output_dir.name}
+    run_id = saved.get("run_id") if saved.get("tracking_uri") == uri else None
+    return {"tracking_uri": uri, "run_id": run_id, "run_name": node.get("run_name") or output_dir.name}
 
 
 def _create_local_experiment(uri: str, name: str, artifacts: Path) -> None:

@@ -13,7 +13,7 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar
+from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, Timer
 
 from sepdense.callbacks import Interruption, LastMetrics, SummaryCallback, TimeLimit
 from sepdense.checkpoint_io import AtomicCheckpointIO
@@ -157,7 +157,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
                              f"started. Continue with: {continue_command()}", exit_code=TIME_LIMIT_EXIT)  # fmt: skip
     if cfg.get("resume") and (output_dir / METRICS_FILE).is_file():
         saved = json.loads((output_dir / METRICS_FILE).read_text())
-        if is_complete(saved):  # a finished job of a continued sweep: nothing is trained or tested again
+        # A finished job of a continued sweep: nothing is trained or tested again. Asked for more epochs, it goes on.
+        if is_complete(saved) and saved.get("epochs_planned") == cfg.trainer.max_epochs:
             log.info("%s is complete (%s): not trained or tested again.", output_dir, saved.get("stopped_by", "done"))
             return saved
     if cfg.get("seed") is not None:
@@ -204,7 +205,10 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best is not None and checkpoint.best_model_score is not None:
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
-    early = any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in callbacks)
+    # A stop before the last epoch asked for by EarlyStopping (its stopped_epoch is 0 for a stop in the first
+    # epoch, so should_stop tells), not by Lightning's Timer (trainer.max_time), which also sets should_stop.
+    timer_ran_out = any(isinstance(c, Timer) and (c.time_remaining() or 1) <= 0 for c in trainer.callbacks)
+    early = trainer.should_stop and not timer_ran_out and any(isinstance(c, EarlyStopping) for c in callbacks)
     metrics |= completion(trainer.current_epoch, trainer.max_epochs, trainer.global_step, trainer.max_steps, early)
     if not metrics["complete"]:
         log.warning("Fitting stopped at epoch %d of %s before its end (e.g. by trainer.max_time): these are not the "

@@ -51,6 +51,7 @@ class EpochLog(pl.Callback):
         self._fit_start = self._epoch_start = self._timed_from = 0.0
         self._epoch_seconds: list[float] = []
         self._estimated = False
+        self._seen = 0
 
     @staticmethod
     def _now(trainer: pl.Trainer) -> float:
@@ -58,8 +59,10 @@ class EpochLog(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.perf_counter()
+        self._epoch_start = self._fit_start  # a run resumed mid-epoch starts inside an epoch, without its start hook
         self._epoch_seconds = []
         self._estimated = False
+        self._seen = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
@@ -72,9 +75,10 @@ class EpochLog(pl.Callback):
         # Few batches per epoch (smoke runs): time what there is.
         warmup = min(self.warmup_steps, max(0, trainer.num_training_batches - 2))
         timed = min(self.estimate_after, trainer.num_training_batches - warmup - 1)
-        if batch_idx + 1 == warmup:
+        self._seen += 1  # batches trained by this process: a resumed run starts inside an epoch
+        if self._seen == warmup:
             self._timed_from = self._now(trainer)
-        elif batch_idx + 1 == warmup + timed:
+        elif self._seen == warmup + timed:
             step_s = (self._now(trainer) - (self._timed_from or self._epoch_start)) / timed
             steps_left = max(0, int(trainer.estimated_stepping_batches) - trainer.global_step)
             log.info(estimate_line(step_s, steps_left, trainer.current_epoch, trainer.max_epochs))

@@ -88,7 +88,8 @@ class TimeLimit(pl.Callback):
 
     def _check(self, trainer: pl.Trainer) -> None:
         left = time_left(self.limit)
-        if left is not None and left <= 0 and not self.reached and trainer.state.fn == TrainerFn.FITTING:
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if left is not None and left <= 0 and not self.reached and fitting:
             self.reached = True
             # Through Lightning's own SIGTERM handling: it stops at the next batch boundary with the loop's
             # counters up to date (a stop raised from this hook would save a step as not yet done).

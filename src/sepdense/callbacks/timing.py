@@ -37,7 +37,7 @@ class Timing(SummaryCallback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         reset_peak_memory(trainer.strategy.root_device)
-        self._fit_start = self._now(trainer)
+        self._fit_start = self._epoch_start = self._now(trainer)  # resumed mid-epoch: no epoch start hook runs
         self._trainer = trainer  # a checkpoint's state_dict() reads the clock through it
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -29,9 +29,10 @@ def deployed_key(precision: str, name: str) -> str:
 
 
 def add_deployed_metrics(runs: list[Run]) -> list[Run]:
-    """Merge each run's deployed figures into its metrics (so that they can be a cost axis); the runs that have any."""
+    """Merge each run's deployed figures into its metrics (so that they can be a cost axis); the complete runs that
+    have any (a run in progress enters no number of the report)."""
     exported = []
-    for run in runs:
+    for run in (r for r in runs if r.complete):
         deployed = read_deployed(run.path)
         for precision, values in deployed.items():
             for name in ("latency_b1_ms", "file_mb", "top1_agreement", "test/acc"):
