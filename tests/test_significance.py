@@ -18,6 +18,7 @@ from sepdense.report.significance import (
     PairResult,
     bootstrap_difference,
     compare,
+    correctness,
     describe,
     mcnemar,
 )
@@ -99,6 +100,30 @@ def test_an_identical_difference_in_every_seed_is_not_certainty() -> None:
     six = comparison_of([4] * 6)  # the sign-flip test can only reach 5% with 6 seeds or more: 2 / 2^6
     assert six.p_value == pytest.approx(2 / 64) and six.significant
     assert comparison_of([0, 0, 0]).p_value == 1.0
+
+
+def test_seeds_that_agree_are_not_enough_when_test_images_could_give_the_difference(tmp_path: Path) -> None:
+    # 4, 4 and 5 more right images of 2,000 in three seeds: the t-test over seeds alone says p < 0.01, but
+    # thousands of images differ between the two conv types' predictions, so the images alone could give it.
+    base = [fake_run(tmp_path / f"s{seed}", "standard", seed, 12, 0.5, 1e8, 10) for seed in range(3)]
+    other = [fake_run(tmp_path / f"p{seed}", "separable", seed, 12, 0.5 + extra / 2000, 1e8, 10)
+             for seed, extra in enumerate((4, 4, 5))]  # fmt: skip
+    comparison, problems = compare(base, other)
+    assert not problems and comparison.t_test()[0] < 0.01
+    low, high = comparison.images_interval
+    assert low < 0 < high and comparison.images_could_explain and not comparison.significant
+    # The same interval by hand: the per-image differences, averaged over seeds, resampled as one.
+    per_image = np.mean([correctness(o)[1].astype(int) - correctness(b)[1].astype(int)
+                         for o, b in zip(other, base, strict=True)], axis=0)  # fmt: skip
+    assert per_image.mean() == pytest.approx(np.mean([4, 4, 5]) / 2000)
+    assert high - low == pytest.approx(2 * 1.96 * per_image.std() / np.sqrt(len(per_image)), rel=0.15)
+    line = describe(comparison)
+    assert "not significant at 5% over 3 seeds (the seeds agree, but the test images alone could give" in line
+    # A difference the images cannot explain: 200 more right images in every seed, with some spread.
+    strong = [fake_run(tmp_path / f"q{seed}", "separable", seed, 12, 0.5 + extra / 2000, 1e8, 10)
+              for seed, extra in enumerate((200, 210, 190))]  # fmt: skip
+    comparison, _ = compare(base, strong)
+    assert comparison.images_interval[0] > 0 and comparison.significant
 
 
 def test_sign_flip_test_equals_scipy_permutation_test() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ NOT_THE_COMMAND = (RESUME_KEY, "time_limit")
 # Paths would nest directories in a job's name; they stay in its saved config. So do NOT_THE_COMMAND's keys.
 NOT_IN_JOB_NAMES = ("paths.root_dir", "paths.data_dir", "paths.log_dir", "data.source.root", "data.source.cache_dir",
                     "ckpt_path", *NOT_THE_COMMAND)  # fmt: skip
+# Of those, the ones that make another run: they enter a job's name as a hash.
+HASHED_IN_JOB_NAMES = ("paths.data_dir", "data.source.root", "data.source.cache_dir", "ckpt_path")
 # What tells the runs of a comparison apart comes first in a job's name (TensorBoard's run list cuts long names).
 JOB_NAME_FIRST = ("model.conv", "seed")
 MULTIRUN_FILE = "multirun.yaml"
@@ -84,14 +87,24 @@ def sweep_dir(resume: object, sweeps_dir: str, new_dir: str) -> str:
     for saved in sorted(Path(sweeps_dir).glob(f"*/{MULTIRUN_FILE}"), key=lambda p: p.stat().st_mtime_ns, reverse=True):
         if _the_command(OmegaConf.select(OmegaConf.load(saved), "hydra.overrides.task", default=[])) == wanted:
             return str(saved.parent)
+    # Launched with resume=true from the start (a cluster job that may be resubmitted), or mistyped: say which.
+    print(f"[sepdense] resume=true: no earlier sweep of this command under {sweeps_dir}; starting a new one in "
+          f"{new_dir}.", file=sys.stderr)  # fmt: skip
     return new_dir
 
 
 def job_name(overrides: Sequence[str]) -> str:
-    """A sweep job's directory name: its overrides, conv type and seed first, then the rest in name order."""
+    """A sweep job's directory name: its overrides, conv type and seed first, then the rest in name order.
+
+    Data paths and checkpoints stay out of the name, as a short hash of them (jobs swept over
+    ``data.source.root=a,b`` must not share a directory); the log directories and what does not make
+    another run (``resume``, ``time_limit``) leave no trace in it.
+    """
     items = [str(o) for o in overrides if _key(o) not in NOT_IN_JOB_NAMES]
     first = [o for key in JOB_NAME_FIRST for o in items if _key(o) == key]
-    return ",".join(first + sorted(o for o in items if _key(o) not in JOB_NAME_FIRST)) or "defaults"
+    name = ",".join(first + sorted(o for o in items if _key(o) not in JOB_NAME_FIRST)) or "defaults"
+    hidden = sorted(str(o) for o in overrides if _key(o) in HASHED_IN_JOB_NAMES)
+    return f"{name},paths={hashlib.sha1('|'.join(hidden).encode()).hexdigest()[:8]}" if hidden else name
 
 
 def register() -> None:

@@ -26,16 +26,18 @@ from sepdense.runs import REPORT_DIR, Run, find_run_dirs, load_run
 from sepdense.tables import format_value, markdown_table, write_csv, write_json
 
 HOW_TO_READ = (
-    "How to read this: a difference is *significant at 5%* when chance alone would produce one at least "
-    "as large less than 5% of the time. With one seed per conv type that is McNemar's exact test on the "
-    "images exactly one of the two runs gets right, which covers the sampling of test images only; with "
-    "several seeds it is a paired t-test over seeds, which also covers the variation between trainings. "
-    "When every seed gives the identical difference, the t-test is undefined (no spread) and the verdict "
-    "is the exact sign-flip test over seeds, whose p cannot fall below 2 / 2^n with n seeds (0.5 with 2, "
-    "0.25 with 3): fewer than 6 seeds can then never be significant. Runs are paired only when they were "
-    "tested on the same images with the same labels (the test split's fingerprint saved with each run); "
-    "the others are listed as not compared, with the reason. At equal cost, the two conv types' Pareto "
-    "fronts are compared: the settings that no cheaper setting of the same conv type beats."
+    "How to read this: a difference is *significant at 5%* when chance alone would produce one at least as large "
+    "less than 5% of the time. With one seed per conv type that is McNemar's exact test on the images exactly one"
+    " of the two runs gets right, which covers the sampling of test images only; with several seeds it is a "
+    "paired t-test over seeds, which also covers the variation between trainings. When every seed gives the "
+    "identical difference, the t-test is undefined (no spread) and the verdict is the exact sign-flip test over "
+    "seeds, whose p cannot fall below 2 / 2^n with n seeds (0.5 with 2, 0.25 with 3): fewer than 6 seeds can then"
+    " never be significant. A test over seeds takes each seed's accuracy as exact, so with several seeds a "
+    "difference is significant only when, in addition, the bootstrap 95% interval of its mean over seeds, "
+    "resampling test images, excludes 0. Runs are paired only when they were tested on the same images with the "
+    "same labels (the test split's fingerprint saved with each run); the others are listed as not compared, with "
+    "the reason. At equal cost, the two conv types' Pareto fronts are compared: the settings that no cheaper "
+    "setting of the same conv type beats."
 )
 
 

@@ -41,7 +41,8 @@ def paired_columns(comparison: Comparison) -> dict[str, str]:
         over_seeds,
         ", ".join(f"{p.mcnemar_p:.2g}" for p in comparison.pairs),
         "; ".join(f"{100 * p.bootstrap_low:+.2f} to {100 * p.bootstrap_high:+.2f}" for p in comparison.pairs),
-        f"{'yes' if comparison.significant else 'no'} (p = {comparison.p_value:.3g})",
+        f"{'yes' if comparison.significant else 'no'} (p = {comparison.p_value:.3g}"
+        f"{'; test images alone could give it' if comparison.images_could_explain else ''})",
     ), strict=True))  # fmt: skip
 
 

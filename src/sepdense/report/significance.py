@@ -11,8 +11,10 @@ compared image by image, from the predictions each run saved:
   (``scipy.stats.bootstrap``, paired);
 - with several seeds, the mean ± std of the differences and a paired t-interval over seeds
   (``scipy.stats.ttest_rel``), which also covers seed-to-seed variation. When every seed gives the
-  same difference the t statistic is undefined (zero spread); the verdict then rests on the exact
-  sign-flip test over seeds, which with n seeds can give no p below 2 / 2^n.
+  same difference the t statistic is undefined (zero spread); the test over seeds is then the exact
+  sign-flip test, which with n seeds can give no p below 2 / 2^n. The test over seeds takes each
+  seed's accuracy as exact, so a difference over seeds is significant only if it also stands against
+  the sampling of test images: the bootstrap interval of its mean over seeds must exclude 0.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Comparison:
     baseline: str
     setting: str
     pairs: list[PairResult] = field(default_factory=list)
+    # Bootstrap 95% interval of the mean difference over seeds, resampling test images (None: one seed).
+    images_interval: tuple[float, float] | None = None
 
     @property
     def differences(self) -> np.ndarray:
@@ -103,8 +107,39 @@ class Comparison:
         return t_test[0] if t_test is not None else self.sign_flip_p()
 
     @property
+    def images_could_explain(self) -> bool:
+        """Over seeds: whether the sampling of test images alone could give the mean difference (interval has 0)."""
+        return self.images_interval is not None and self.images_interval[0] <= 0 <= self.images_interval[1]
+
+    @property
     def significant(self) -> bool:
-        return self.p_value < 0.05
+        """At 5%: by McNemar's test with one seed; with several, by the test over seeds AND over test images.
+
+        The test over seeds treats each seed's accuracy as exact; near-identical differences then give a
+        tiny p even when a handful of test images decide them. So the difference must also stand against
+        the sampling of test images: its bootstrap interval (``images_interval``) must exclude 0.
+        """
+        return self.p_value < 0.05 and not self.images_could_explain
+
+
+def images_bootstrap(differences: list[np.ndarray], same_images: bool, seed: int = 0,
+                     n_resamples: int = 2000) -> tuple[float, float]:  # fmt: skip
+    """95% percentile interval of the mean over seeds of accuracy differences, resampling test images.
+
+    ``differences`` holds, per seed, each test image's (other right) − (baseline right). Seeds tested
+    on the same images are resampled together (the per-image mean over seeds, resampled); otherwise
+    each seed's images are resampled on their own and the means averaged.
+    """
+    rng = np.random.default_rng(seed)
+    if same_images:
+        per_image = np.mean(differences, axis=0)
+        draws = np.array([per_image[rng.integers(0, len(per_image), len(per_image))].mean()
+                          for _ in range(n_resamples)])  # fmt: skip
+    else:
+        draws = np.mean([[d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_resamples)]
+                         for d in differences], axis=0)  # fmt: skip
+    low, high = np.percentile(draws, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return float(low), float(high)
 
 
 def correctness(run: Run) -> tuple[np.ndarray, np.ndarray]:
@@ -213,6 +248,13 @@ def compare(baseline_runs: list[Run], other_runs: list[Run], setting: str = "") 
         except PairingError as err:
             problems.append(str(err))
     comparison = Comparison(conv=other_conv, baseline=baseline_conv, setting=setting, pairs=pairs) if pairs else None
+    if comparison is not None and len(pairs) > 1:
+        paired = [r for r in other_runs if r.seed in {p.seed for p in pairs}]
+        differences = [correctness(r)[1].astype(np.int8) - correctness(by_seed[r.seed])[1].astype(np.int8)
+                       for r in paired]  # fmt: skip
+        fingerprints = {p.test_fingerprint for p in pairs}
+        same = len(fingerprints) == 1 and None not in fingerprints and len({len(d) for d in differences}) == 1
+        comparison.images_interval = images_bootstrap(differences, same)
     return comparison, problems
 
 
@@ -251,8 +293,15 @@ def describe(comparison: Comparison) -> str:
             f"{diffs.mean():+.2f} ± {diffs.std(ddof=1):.2f} points over {n} seeds (paired t 95% interval "
             f"{100 * low:+.2f} to {100 * high:+.2f}, p = {comparison.p_value:.3g})"
         )
+    images = ""
+    if comparison.images_interval is not None:
+        low, high = comparison.images_interval
+        images = f"; over test images, bootstrap 95% interval of the mean {100 * low:+.2f} to {100 * high:+.2f}"
+    why = ""
+    if comparison.p_value < 0.05 and comparison.images_could_explain:
+        why = " (the seeds agree, but the test images alone could give this difference)"
     return (
-        f"{comparison.conv} vs {comparison.baseline}{where}: {test}: {verdict} at 5% over {n} seeds. "
+        f"{comparison.conv} vs {comparison.baseline}{where}: {test}{images}: {verdict} at 5% over {n} seeds{why}. "
         f"McNemar's p per seed: {mcnemar_ps}.{caveat}"
     )
 
@@ -267,5 +316,7 @@ def verdict(comparison: Comparison) -> str:
         test = "exact sign-flip test over seeds" if comparison.no_spread else "paired t-test over seeds"
         seeds = f"over {n} seeds"
     significant = "significant" if comparison.significant else "not significant"
+    if comparison.p_value < 0.05 and comparison.images_could_explain:
+        test += ", but test images alone could give the difference"
     return (f"{comparison.conv} vs {comparison.baseline}{where}: {significant} at 5% {seeds} ({test}, "
             f"p = {comparison.p_value:.3g}).")  # fmt: skip
