@@ -63,8 +63,10 @@ def test_a_hundred_epochs_end_where_the_schedule_says_without_growing_and_resume
     assert lr_curve[-1][1] == pytest.approx(expected_lr, rel=1e-4) and expected_lr < 1e-3 * cfg.optimizer.lr
 
     # Memory does not grow from epoch to epoch; the disk holds curves, not a pile of checkpoints.
+    # Measured here: +25 MB from epoch 1 to 10 and +41 MB to epoch 50 as allocator and caches settle, then
+    # -4 MB to epoch 99. A leak of a training step's activations or a figure per epoch would keep growing.
     memory = Halfway.latest.memory_mb
-    assert memory[EPOCHS - 1] - memory[10] < 30, {e: round(memory[e]) for e in (1, 10, 50, EPOCHS - 1)}
+    assert memory[EPOCHS - 1] - memory[EPOCHS // 2] < 20, {e: round(memory[e]) for e in (1, 10, 50, EPOCHS - 1)}
     sizes = {p: p.stat().st_size for p in run_dir.rglob("*") if p.is_file()}
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "halfway.copy", "last.ckpt"]
     assert sum(sizes.values()) < 8e6, sorted(sizes.items(), key=lambda kv: -kv[1])[:5]

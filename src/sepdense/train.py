@@ -6,6 +6,7 @@ import json
 import logging
 import signal
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = checkpoint_to_resume(cfg, output_dir)
+    if ckpt_path:  # continuing this directory: its checkpoints are expected there, and replaced in place
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     output_dir.mkdir(parents=True, exist_ok=True)
     write_environment(output_dir, environment())
 
@@ -201,7 +204,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     for callback in callbacks:
         if isinstance(callback, LastMetrics) and not metrics:  # resumed with no epoch left to train
             metrics = dict(callback.metrics)
-    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)  # best.ckpt
     best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
     if best is not None and checkpoint.best_model_score is not None:
         metrics[f"{checkpoint.monitor}_best"] = float(checkpoint.best_model_score)
