@@ -42,7 +42,7 @@ class Interruption(pl.Callback):
             return
         if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking:
             return  # testing is redone in full on resume; nothing of it is worth saving
-        trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the whole training state
+        trainer.save_checkpoint(self.checkpoint, weights_only=False)  # safe: a save of the whole training state
         self.saved = self.checkpoint
         log.info("%s: saved epoch %d, step %d to %s", self.signal, trainer.current_epoch + 1, trainer.global_step,
                  self.checkpoint)  # fmt: skip
