@@ -20,6 +20,7 @@ import numpy as np
 
 from sepdense.deployment import (
     OPSET,
+    PRECISIONS,
     QUANTIZATION,
     SESSION_LATENCY_METHOD,
     export_onnx,
@@ -50,14 +51,19 @@ def benchmark_deploy(
     calibration = np.random.default_rng(0).standard_normal((calibration_images, 3, 32, 32)).astype(np.float32)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        files, cost = {}, {}
         for conv in ordered_conv_types():
             net = DenseNet(**{**model_kwargs, "conv": conv}).eval()
-            cost = {"params": count_parameters(net), "macs": count_macs(net)}
-            files = {"fp32": Path(tmp) / f"{conv}.onnx", "int8": Path(tmp) / f"{conv}.int8.onnx"}
-            export_onnx(net, files["fp32"], opset)
-            quantize_int8(files["fp32"], files["int8"], calibration)
-            for precision, path in files.items():
-                row = {"conv": conv, "precision": precision, **cost, "file_mb": path.stat().st_size / 1e6,
+            cost[conv] = {"params": count_parameters(net), "macs": count_macs(net)}
+            files[conv] = {"fp32": Path(tmp) / f"{conv}.onnx", "int8": Path(tmp) / f"{conv}.int8.onnx"}
+            export_onnx(net, files[conv]["fp32"], opset)
+            quantize_int8(files[conv]["fp32"], files[conv]["int8"], calibration)
+        # Timed precision by precision with the conv types next to each other, so that a change in the
+        # machine's load between measurements moves both sides of a ratio alike.
+        for precision in PRECISIONS:
+            for conv, paths in files.items():
+                path = paths[precision]
+                row = {"conv": conv, "precision": precision, **cost[conv], "file_mb": path.stat().st_size / 1e6,
                        "latency_b1_1thread_ms": session_latency_ms(open_session(path, 1), 1, min_run_time),
                        f"latency_b1_{cores}threads_ms": session_latency_ms(open_session(path, cores), 1, min_run_time),
                        f"images_per_s_b{batch}": batch * 1000 / session_latency_ms(open_session(path, cores), batch,
