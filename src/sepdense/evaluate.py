@@ -156,7 +156,7 @@ def _evaluate(cfg: DictConfig, output_dir: Path, written: list[Path]) -> dict[st
     if cfg.reuse_freed_memory and not reuse_freed_memory():
         log.info("reuse_freed_memory has no effect here: the C library is not glibc.")
     module, datamodule = model_and_data(cfg, checkpoint, run_dir)
-    trainer_args: dict[str, Any] = {"precision": resolve_precision(cfg.trainer.precision)}
+    trainer_args: dict[str, Any] = {"precision": resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)}
     deployed: dict[str, Any] = {}
     if cfg.engine == "onnxruntime":
         deployed = deploy_network(module.net, datamodule, output_dir, cfg.quantize, cfg.calibration_images)

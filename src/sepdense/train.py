@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, Timer
 
 from sepdense.callbacks import Interruption, LastMetrics, SummaryCallback, TimeLimit
@@ -168,7 +168,11 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if ckpt_path:  # continuing this directory: its checkpoints are expected there, and replaced in place
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_environment(output_dir, environment())
+    # 'auto' decided once, here, and recorded wherever the run is described (config, loggers, environment, metrics).
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    with open_dict(cfg):
+        cfg.trainer.precision = precision
+    write_environment(output_dir, environment() | {"precision": precision})
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     net_config = {**OmegaConf.to_container(cfg.model, resolve=True), "num_classes": datamodule.num_classes}
@@ -190,7 +194,6 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
-        precision=resolve_precision(cfg.trainer.precision),
         enable_progress_bar=show_progress,
         plugins=[AtomicCheckpointIO()],
     )
@@ -226,6 +229,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         if isinstance(callback, SummaryCallback):
             metrics.update(callback.summary())
     metrics["best_checkpoint"] = best
+    metrics["precision"] = str(precision)
     if trainer.is_global_zero:
         write_metrics(output_dir, metrics)
         if "test" in module.confusion:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from sepdense.models import BASELINE_CONV
 from sepdense.report.aggregate import QUALITY, Cell, Stats, cell
 from sepdense.report.figures import time_axis
@@ -22,6 +24,14 @@ COST = (
 )
 PAIRED = ("vs baseline (points)", "over seeds: paired t 95% (points)", "McNemar p per seed",
           "bootstrap 95% per seed (points)", "significant at 5%")  # fmt: skip
+
+
+def run_precision(run: Run) -> str:
+    """The precision a run trained in: recorded in metrics.json, else its config's setting (older runs)."""
+    recorded = run.metrics.get("precision")
+    if recorded is None and run.config is not None:
+        recorded = OmegaConf.select(run.config, "trainer.precision", default=None)
+    return str(recorded) if recorded is not None else "?"
 
 
 def paired_columns(comparison: Comparison) -> dict[str, str]:
@@ -57,7 +67,8 @@ def headline_rows(
         conv, setting = key
         seeds = sorted(r.seed for r in cells[key] if r.seed is not None)
         row: dict[str, Any] = {"conv": conv, **({"setting": setting} if keys else {}),
-                               "seeds": ", ".join(map(str, seeds)) or "-"}  # fmt: skip
+                               "seeds": ", ".join(map(str, seeds)) or "-",
+                               "precision": ", ".join(sorted({run_precision(r) for r in cells[key]}))}  # fmt: skip
         row |= {f"test {k.split('/')[1]} (%)": cell(s.get(k), 100) for k in QUALITY}
         if conv == BASELINE_CONV:
             row |= dict.fromkeys(PAIRED, "(baseline)")
