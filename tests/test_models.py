@@ -8,6 +8,7 @@ from torch import nn
 
 from sepdense.errors import ConfigError
 from sepdense.models import DenseNet, SeparableConv2d, create_conv2d
+from sepdense.models.densenet import DenseLayer
 
 # DenseNet-BC (L=100, k=12) on CIFAR-10: the paper's Table 2 gives 0.8M; the reference PyTorch
 # implementations (bias-free convs, BN affine parameters, a linear classifier with bias) give exactly this.
@@ -86,8 +87,42 @@ def test_separable_mid_norm_puts_a_batchnorm_between() -> None:
         ({"growth_rate": 0}, r"model.growth_rate=0 must be a positive integer"),
         ({"block_config": []}, r"model.block_config=\[\] must list at least one block"),
         ({"compression": 1.5}, r"model.compression=1.5 must be in \(0, 1\]"),
+        ({"stem": "depthwise"}, r"model.stem='depthwise' is not a stem choice; use same .* standard, separable"),
     ],
 )
 def test_bad_architecture_values_are_named(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         DenseNet(**kwargs)
+
+
+@pytest.mark.parametrize("conv", ["standard", "separable"])
+def test_stem_can_be_chosen_apart_from_the_blocks(conv: str) -> None:
+    same, standard = DenseNet(conv=conv, block_config=(1, 1)), DenseNet(conv=conv, block_config=(1, 1), stem="standard")
+    assert isinstance(same.features.stem, SeparableConv2d if conv == "separable" else nn.Conv2d)
+    assert type(standard.features.stem) is nn.Conv2d and standard.features.stem.weight.shape == (24, 3, 3, 3)
+    # Only the stem differs: every dense layer's k×k conv is still of the model's conv type.
+    layer_convs = lambda m: [type(layer.conv2) for layer in m.modules() if isinstance(layer, DenseLayer)]  # noqa: E731
+    assert layer_convs(same) == layer_convs(standard)
+
+
+def growth_of_second_moment(conv: str, seeds: int = 4) -> float:
+    """Geometric mean over dense layers and initialisation seeds of E[k×k conv output²] / E[its input²]."""
+    logs = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        net = DenseNet(conv=conv, block_config=(2, 2, 2, 2))
+        for layer in (m for m in net.modules() if isinstance(m, DenseLayer)):
+            x = torch.randn(32, layer.norm1.num_features, 8, 8)
+            with torch.no_grad():
+                h = layer.relu2(layer.norm2(layer.conv1(layer.relu1(layer.norm1(x)))))
+                logs.append(torch.log(layer.conv2(h).pow(2).mean() / h.pow(2).mean()))
+    return float(torch.stack(logs).mean().exp())
+
+
+def test_both_conv_types_are_initialised_by_one_variance_preserving_rule() -> None:
+    """He fan-in: behind a ReLU a k×k conv doubles the second moment of its (rectified) input, less what the
+    zero padding of 8×8 maps loses, for a depth-wise + point-wise pair as for one conv. (Fan-out init gave
+    6.6× for standard and 0.27× for separable: a 24-fold gap in the scale the weights start at.)"""
+    standard, separable = growth_of_second_moment("standard"), growth_of_second_moment("separable")
+    assert 1.2 < standard < 2.2 and 1.2 < separable < 2.2
+    assert abs(separable / standard - 1) < 0.15

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sepdense.errors import ConfigError
-from sepdense.models.layers import check_conv_type, create_conv2d
+from sepdense.models.layers import CONV_TYPES, SeparableConv2d, check_conv_type, create_conv2d, ordered_conv_types
 
 
 class DenseLayer(nn.Module):
@@ -94,16 +94,22 @@ class DenseNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         separable_mid_norm: bool = False,
+        stem: str = "same",
     ) -> None:
         super().__init__()
         check_conv_type(conv)
+        stem_conv = conv if stem == "same" else stem
+        if stem_conv not in CONV_TYPES:
+            raise ConfigError(f"model.stem={stem!r} is not a stem choice; use same (the stem is a model.conv conv, the "
+                              f"default) or a conv type: {', '.join(ordered_conv_types())}.")  # fmt: skip
         _check_architecture(block_config, growth_rate, bn_size, compression, drop_rate, kernel_size, num_classes)
         self.conv_type = conv
         conv2d = partial(create_conv2d, conv, kernel_size=kernel_size, mid_norm=separable_mid_norm)
         # DenseNet-BC starts from 2k channels (the paper's choice for the bottleneck-compressed nets).
         channels = stem_channels or 2 * growth_rate
         self.features = nn.Sequential()
-        self.features.add_module("stem", conv2d(in_channels, channels))
+        stem_conv2d = partial(create_conv2d, stem_conv, kernel_size=kernel_size, mid_norm=separable_mid_norm)
+        self.features.add_module("stem", stem_conv2d(in_channels, channels))
         for i, num_layers in enumerate(block_config, start=1):
             block = DenseBlock(
                 num_layers,
@@ -128,14 +134,26 @@ class DenseNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """He initialisation by fan-in, the one rule that means the same for a grouped conv as for a dense one.
+
+        A conv's output unit sums (in_channels / groups)·k² inputs, which is the fan-in PyTorch computes for
+        any ``groups``; weights of std gain/√fan-in keep the signal's second moment from input to output
+        (gain √2 behind a ReLU, as every conv here is, 1 for the point-wise half of a separable pair, whose
+        input is the depth-wise output). Fan-out would not: for a depth-wise conv PyTorch counts
+        out_channels·k² although each input channel feeds only k² outputs, which made its weights √C
+        times too small and the separable arm's layers shrink the signal where the standard arm's grew it.
+        """
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, SeparableConv2d):
+                nn.init.kaiming_normal_(m.pointwise.weight, mode="fan_in", nonlinearity="linear")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
