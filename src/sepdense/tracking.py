@@ -43,9 +43,9 @@ log = logging.getLogger(__name__)
 # and the final values of curves already logged.
 HPARAMS_FIRST = ("model.conv", "seed")
 HPARAMS_RECIPE = ("data.batch_size", "model.block_config", "model.growth_rate", "model.bottleneck",
-                  "model.separable_mid_norm", "model.stem", "optimizer.lr", "optimizer.weight_decay", "trainer.max_epochs",
-                  "trainer.precision", "module.label_smoothing", "module.channels_last", "module.compile",
-                  "module.cuda_graph")  # fmt: skip
+                  "model.separable_mid_norm", "model.stem", "optimizer.lr", "optimizer.weight_decay",
+                  "trainer.max_epochs", "trainer.precision", "module.label_smoothing", "module.channels_last",
+                  "module.compile", "module.cuda_graph")  # fmt: skip
 HPARAMS_MEASURED = ("model/params", "model/macs", "model/latency_b1_ms", "time/fit_s")
 HPARAMS_METRICS = ("test/acc", "test/f1", "val/acc", "time/train_images_per_s")
 # The tracker runs of this run directory (MLflow run id and store, W&B run id), so a resume continues them.
