@@ -106,7 +106,7 @@ def test_a_resumed_mlflow_run_is_one_run_with_everything(resumed_run: dict[str, 
     assert len(client.list_artifacts(run.info.run_id, "test/confusion_matrix")) == 1
     (run_dir / "report").mkdir()
     (run_dir / "report" / "report.md").write_text("# report\n")
-    log_report(run_dir)
+    log_report(run_dir, compose_cfg(run_dir, *TRACKERS).logger)
     assert [a.path for a in client.list_artifacts(run.info.run_id, "report")] == ["report/report.md"]
 
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from sepdense.errors import UserError
+from sepdense.runs import CONFIG_FILE
 
 # The objects a pickled numpy array needs (the official CIFAR-10 batches are pickled dicts of arrays,
 # lists, bytes and ints); anything else in such a file is refused.
@@ -35,12 +39,20 @@ DATA_TARGETS = frozenset({
 })  # fmt: skip
 
 
+# Deeper than any chain of references in our own configs (seed, paths): a loop.
+MAX_REFERENCE_DEPTH = 8
+
+
 class UnsafeFileError(UserError):
     """A file holds objects whose loading could run code."""
 
 
 class BrokenCheckpointError(UserError):
     """A checkpoint file is truncated, damaged or not a checkpoint."""
+
+
+class BrokenConfigError(UserError):
+    """A saved config lacks what is read from it, or refers to values it does not have."""
 
 
 def _unsafe(path: Path | str, what: str) -> UnsafeFileError:
@@ -51,21 +63,95 @@ def _unsafe(path: Path | str, what: str) -> UnsafeFileError:
     )
 
 
-def check_targets(config: Any, allowed: frozenset[str], path: Path | str, key: str = "") -> None:
-    """Refuse a config from a file with a ``_target_`` (anywhere in it) that is not one of ``allowed``.
+# ``${a.b}``: a reference to another value of the same file. Anything else between ``${`` and ``}`` (``oc.create:``,
+# ``oc.env:``, a nested ``${``) calls a resolver, which could build a ``_target_`` after it was checked.
+INTERPOLATION = re.compile(r"\$\{([^{}]*)\}")
+NODE_REFERENCE = re.compile(r"[A-Za-z_][\w-]*(?:\.[\w-]+)*")
 
-    Hydra instantiates ``_target_`` strings, so a checkpoint or a saved run config naming
-    ``os.system`` would run a command when the model or data is rebuilt from it.
-    """
+
+def _walk(config: Any, key: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted key, value) of every mapping and leaf in ``config``, the top level first."""
+    yield key, config
     if isinstance(config, Mapping):
-        target = config.get("_target_")
-        if target is not None and str(target) not in allowed:
-            raise _unsafe(path, f"a config ({key or 'top level'}) whose _target_ is {target!r}, a callable")
         for name, value in config.items():
-            check_targets(value, allowed, path, f"{key}.{name}" if key else str(name))
+            yield from _walk(value, f"{key}.{name}" if key else str(name))
     elif isinstance(config, Iterable) and not isinstance(config, str | bytes):
         for i, value in enumerate(config):
-            check_targets(value, allowed, path, f"{key}[{i}]")
+            yield from _walk(value, f"{key}[{i}]")
+
+
+def check_targets(config: Any, allowed: frozenset[str] | None, path: Path | str, key: str = "",
+                  references: bool = False) -> None:  # fmt: skip
+    """Refuse a config from a file with a ``_target_`` (anywhere in it) that is not one of ``allowed`` (None: any),
+    or with an interpolation: none at all, or with ``references`` only references to its own values (``${seed}``).
+
+    Hydra instantiates ``_target_`` strings, so a checkpoint or a saved run config naming
+    ``os.system`` would run a command when the model or data is rebuilt from it; and it resolves
+    interpolations first, so ``${oc.create:...}`` could name one after this check.
+    """
+    for name, value in _walk(config, key):
+        where = name or "top level"
+        if isinstance(value, Mapping):
+            target = value.get("_target_")
+            if target is not None and allowed is not None and str(target) not in allowed:
+                raise _unsafe(path, f"a config ({where}) whose _target_ is {target!r}, a callable")
+        elif isinstance(value, str) and "${" in value:
+            rest = INTERPOLATION.sub(lambda m: "" if references and NODE_REFERENCE.fullmatch(m[1]) else m[0], value)
+            if "${" in rest:
+                raise _unsafe(path, f"an interpolation in a config value ({where}: {value[:80]!r})")
+
+
+def plain_config(saved: DictConfig | Mapping, key: str, allowed: frozenset[str], path: Path | str) -> DictConfig:
+    """The part ``key`` of a config read from ``path``, resolved on its own and checked, as plain values.
+
+    Only references to values of the same file are followed (``data.source.root: ${paths.data_dir}/x``),
+    here, not by OmegaConf: no resolver is called, and a reference that reaches one (``${oc.create:...}``)
+    is refused. The resolved part may hold no ``_target_`` outside ``allowed``; what is returned is a new
+    config, without a parent: instantiating it runs nothing the file chose.
+    """
+    container = OmegaConf.to_container(saved, resolve=False) if isinstance(saved, DictConfig) else dict(saved)
+    part = _lookup(container, key, path)
+    if not isinstance(part, Mapping):
+        raise BrokenConfigError(f"{path} has no {key} config; evaluate the checkpoint with data=<name> instead.")
+    resolved = _follow_references(part, container, path, key)
+    check_targets(resolved, allowed, path, key)
+    return OmegaConf.create(resolved)
+
+
+def _lookup(container: Mapping, reference: str, path: Path | str) -> Any:
+    value: Any = container
+    for name in reference.split("."):
+        if not isinstance(value, Mapping) or name not in value:
+            raise BrokenConfigError(f"{path} refers to {reference}, which it does not have; copy the run's "
+                                    f"{CONFIG_FILE} again, or give data=<name>.")  # fmt: skip
+        value = value[name]
+    return value
+
+
+def _follow_references(value: Any, root: Mapping, path: Path | str, where: str, depth: int = 0) -> Any:
+    """``value`` with each ``${a.b}`` replaced by that value of ``root`` (the whole file); any other interpolation,
+    or a chain of references deeper than ``MAX_REFERENCE_DEPTH`` (a loop), is refused."""
+    if depth > MAX_REFERENCE_DEPTH:
+        raise _unsafe(path, f"a loop of references in a config value ({where})")
+    if isinstance(value, Mapping):
+        return {k: _follow_references(v, root, path, f"{where}.{k}", depth) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_follow_references(v, root, path, f"{where}[{i}]", depth) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def target(match: re.Match) -> Any:
+        if not NODE_REFERENCE.fullmatch(match[1]):
+            raise _unsafe(path, f"an interpolation in a config value ({where}: {value[:80]!r})")
+        return _follow_references(_lookup(root, match[1], path), root, path, where, depth + 1)
+
+    whole = INTERPOLATION.fullmatch(value)
+    if whole:  # the value is another node, of its own type
+        return target(whole)
+    result = INTERPOLATION.sub(lambda m: str(target(m)), value)
+    if "${" in result:
+        raise _unsafe(path, f"an interpolation in a config value ({where}: {value[:80]!r})")
+    return result
 
 
 def load_checkpoint(path: Path | str, mmap: bool = False) -> dict[str, Any]:

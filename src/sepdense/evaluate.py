@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sepdense.checkpoints import DATA_TARGETS, check_targets, load_checkpoint
+from sepdense.checkpoints import DATA_TARGETS, load_checkpoint, plain_config
 from sepdense.cli import find_user_error, quiet_libraries, run_reporting_user_errors
 from sepdense.errors import ConfigError
 from sepdense.runs import (
@@ -64,9 +64,9 @@ def data_config(cfg: DictConfig, run_dir: Path | None) -> DictConfig:
     overrides = [str(o).lstrip("+") for o in HydraConfig.get().overrides.task]
     if run_dir is None or any(o.split("=", 1)[0] == "data" for o in overrides):
         return cfg.data
-    data = read_config(run_dir).data
-    # Its _target_s are instantiated: a saved config naming anything but our data classes is refused.
-    check_targets(OmegaConf.to_container(data), DATA_TARGETS, run_dir / CONFIG_FILE, "data")
+    # Its _target_s are instantiated: resolved on its own and checked, a saved config naming anything but our data
+    # classes (directly or through an interpolation) is refused.
+    data = plain_config(read_config(run_dir), "data", DATA_TARGETS, run_dir / CONFIG_FILE)
     for override in overrides:
         key = override.split("=", 1)[0]
         if key.startswith("data.") and "=" in override:  # the value as Hydra parsed it into cfg

@@ -149,15 +149,23 @@ def _mlflow_arguments(node: DictConfig, output_dir: Path, saved: dict[str, Any])
     hands us must not choose where this run's metrics and files are sent. The saved run id is used
     only when it was saved for that same store.
     """
-    uri = node.get("tracking_uri")
-    if not uri:
-        store = Path(node.get("save_dir") or output_dir / "mlflow").resolve()
+    uri = mlflow_uri(node, output_dir)
+    if not node.get("tracking_uri"):
+        store = local_mlflow_store(node, output_dir)
         store.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{store / 'mlflow.db'}"
         if rank_zero_only.rank == 0:  # DDP's other ranks log nothing, and must not race to create the store
             _create_local_experiment(uri, node.experiment_name, store / "artifacts")
     run_id = saved.get("run_id") if saved.get("tracking_uri") == uri else None
     return {"tracking_uri": uri, "run_id": run_id, "run_name": node.get("run_name") or output_dir.name}
+
+
+def local_mlflow_store(node: DictConfig, output_dir: Path) -> Path:
+    return Path(node.get("save_dir") or Path(output_dir) / "mlflow").resolve()
+
+
+def mlflow_uri(node: DictConfig, output_dir: Path) -> str:
+    """Where a run's MLflow records go: the configured server, or a SQLite store in the run directory."""
+    return node.get("tracking_uri") or f"sqlite:///{local_mlflow_store(node, output_dir) / 'mlflow.db'}"
 
 
 def _create_local_experiment(uri: str, name: str, artifacts: Path) -> None:
@@ -278,15 +286,24 @@ def _write_csv_summary(path: Path, row: dict[str, Any]) -> None:
         writer.writerow(row)
 
 
-def log_report(run_dir: Path) -> None:
-    """Add the run's report (written after training, by the Hydra callback) to its MLflow run, if it has one."""
-    mlflow_run = read_trackers(run_dir).get("mlflow")
+def log_report(run_dir: Path, loggers: DictConfig | None) -> None:
+    """Add the run's report (written after training, by the Hydra callback) to its MLflow run, if ``loggers`` (the
+    run's logger config) tracks it in MLflow.
+
+    The store is the one the config chooses (as for training); the run directory's trackers.json only
+    names the run in it, and only when it was recorded for that same store.
+    """
+    node = next((n for n in (loggers or {}).values() if isinstance(n, DictConfig)
+                 and str(n.get("_target_", "")).endswith("MLFlowLogger")), None)  # fmt: skip
     report = Path(run_dir) / REPORT_DIR
-    if not mlflow_run or not report.is_dir():
+    if node is None or not report.is_dir():
+        return
+    uri, saved = mlflow_uri(node, Path(run_dir)), read_trackers(run_dir).get("mlflow", {})
+    if saved.get("tracking_uri") != uri or not saved.get("run_id"):
         return
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(mlflow_run["tracking_uri"]).log_artifacts(mlflow_run["run_id"], str(report), REPORT_DIR)
+    MlflowClient(uri).log_artifacts(saved["run_id"], str(report), REPORT_DIR)
 
 
 def log_figure(logger: Logger, tag: str, figure: Any, step: int) -> None:

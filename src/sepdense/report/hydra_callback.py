@@ -20,12 +20,12 @@ class ReportCallback(Callback):
     """Writes ``report/`` into the run directory after a run, into every job and the sweep directory after a sweep."""
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._write(Path(config.hydra.run.dir))
+        self._write(Path(config.hydra.run.dir), config.get("logger"))
 
     def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
         # Jobs of a multirun each get their own report too (a single run is reported by on_run_end).
         if config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN"):
-            self._write(Path(config.hydra.runtime.output_dir))
+            self._write(Path(config.hydra.runtime.output_dir), config.get("logger"))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(config.hydra.sweep.dir)
@@ -33,7 +33,7 @@ class ReportCallback(Callback):
             print(sweep_summary(root))
 
     @staticmethod
-    def _write(root: Path) -> bool:
+    def _write(root: Path, loggers: DictConfig | None = None) -> bool:
         """Write the report of ``root``; whether it was written."""
         if int(os.environ.get("LOCAL_RANK", "0")) > 0:  # DDP child processes re-run the script: one report
             return False
@@ -41,7 +41,7 @@ class ReportCallback(Callback):
             return False
         try:
             print(f"[sepdense] report: {write_report(root) / 'report.md'}")
-            log_report(root)  # a run tracked in MLflow gets its report as artifacts too
+            log_report(root, loggers)  # a run tracked in MLflow gets its report as artifacts too
             return True
         except Exception as err:  # the runs themselves are saved; a report problem must not look like a failed run
             print(f"[sepdense] could not write the report for {root} ({type(err).__name__}: {err}); "

@@ -1,0 +1,103 @@
+"""A checkpoint or run directory from elsewhere is data: it runs nothing through an interpolation, and never chooses
+where anything is sent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CONF_DIR, SMOKE, run_entry
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from sepdense.cli import find_user_error
+from sepdense.runs import CONFIG_FILE
+from sepdense.tracking import TRACKERS_FILE
+
+
+def entry_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config an entry point gets from ``@hydra.main``, for calling it in this process."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def opens(marker: Path) -> str:
+    """A config value that, resolved by OmegaConf, becomes a node Hydra would call ``open(marker, 'w')`` for."""
+    return "${oc.create:'{_target_: builtins.open, file: " + str(marker) + ", mode: w}'}"
+
+
+def refused(entry_point, cfg: DictConfig) -> str:
+    with pytest.raises(Exception) as info:
+        entry_point(cfg)
+    error = find_user_error(info.value)
+    assert error is not None, info.value
+    return str(error)
+
+
+def test_an_interpolation_in_a_checkpoint_runs_nothing(smoke_run: tuple, tmp_path: Path) -> None:
+    from sepdense.evaluate import evaluate
+    from sepdense.export import export
+
+    marker = tmp_path / "code-ran"
+    saved = torch.load(smoke_run[0] / "checkpoints" / "best.ckpt", weights_only=True)
+    saved["hyper_parameters"]["net"]["stem_channels"] = opens(marker)  # plain strings: torch.load takes it
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save(saved, hostile)
+    for name, entry_point in (("evaluate", evaluate), ("export", export)):
+        message = refused(entry_point, entry_config(name, [f"ckpt_path={hostile}"], tmp_path / name))
+        assert message.startswith(f"{hostile} holds an interpolation in a config value (hyper_parameters.net.stem")
+        assert "could run code" in message
+        assert not marker.exists()
+        assert not (tmp_path / name).exists()  # nothing written either
+
+
+def test_a_run_config_that_reaches_a_callable_through_a_reference_runs_nothing(smoke_run: tuple,
+                                                                                 tmp_path: Path) -> None:  # fmt: skip
+    from sepdense.evaluate import evaluate
+
+    marker = tmp_path / "code-ran"
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run[0], copy, ignore=shutil.ignore_patterns("tensorboard", "report"))
+    config = OmegaConf.load(copy / CONFIG_FILE)
+    # Only `data` is instantiated, but it stays linked to the rest of the file: a reference brings `evil` in.
+    config.data.source.num_classes = "${evil}"
+    config.evil = {"_target_": "builtins.open", "file": str(marker), "mode": "w"}
+    OmegaConf.save(config, copy / CONFIG_FILE)
+    message = refused(evaluate, entry_config("evaluate", [f"ckpt_path={copy}"], tmp_path / "evaluation"))
+    assert "(data.source.num_classes) whose _target_ is 'builtins.open', a callable" in message
+    assert not marker.exists()
+    # A resolver in the run's config is refused before anything is resolved.
+    config.data.source.num_classes = opens(marker)
+    OmegaConf.save(config, copy / CONFIG_FILE)
+    message = refused(evaluate, entry_config("evaluate", [f"ckpt_path={copy}"], tmp_path / "evaluation"))
+    assert "holds an interpolation in a config value (data.source.num_classes" in message
+    assert not marker.exists()
+
+
+def test_trackers_json_of_a_handed_run_sends_nothing(smoke_run: tuple, tmp_path: Path) -> None:
+    """A run directory saying its MLflow run lives on a server: resumed (here: found complete, its report written
+    again) with the default logger, nothing connects to that server."""
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run[0], copy, ignore=shutil.ignore_patterns("report"))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.settimeout(0.5)
+        planted = {"mlflow": {"run_id": "0" * 32, "tracking_uri": f"http://127.0.0.1:{listener.getsockname()[1]}"}}
+        (copy / TRACKERS_FILE).write_text(json.dumps(planted))
+        result = run_entry("train.py", *SMOKE, f"resume={copy}", log_dir=tmp_path / "logs")
+        assert (copy / "report" / "report.md").is_file(), result.stdout[-2000:]
+        with pytest.raises(TimeoutError):
+            listener.accept()
