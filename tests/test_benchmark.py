@@ -13,7 +13,7 @@ from conftest import run_entry
 
 from sepdense.bench.layer import layer_row
 from sepdense.bench.speed import MODES, benchmark_speed, settings
-from sepdense.models import DenseNet
+from sepdense.models import DenseNet, SeparableConv2d
 from sepdense.models.fusion import count_batchnorms, fold_batchnorms
 
 
@@ -174,3 +174,34 @@ def test_the_speed_levels_defaults_are_the_default_training_run(compose_train_cf
         ("compiled+graphed", "max-autotune-no-cudagraphs"),
     ]  # fmt: skip
     assert [(s["mode"], s["compile_mode"]) for s in skipped] == [("compiled+graphed", "reduce-overhead")]
+
+
+def test_model_level_times_the_conv_types_side_by_side_within_each_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sepdense.bench import model
+
+    order: list[tuple[str, str, bool]] = []
+
+    def timed(what: str):
+        def record(net: torch.nn.Module, setting: dict, *args: object, **kwargs: object) -> dict:
+            conv = "separable" if any(isinstance(m, SeparableConv2d) for m in net.modules()) else "standard"
+            order.append((what, conv, setting["channels_last"]))
+            return {"latency_b1_ms": 1.0, "inference_images_per_s": 1.0, "train_step_ms": 1.0,
+                    "train_images_per_s": 1.0}  # fmt: skip
+
+        return record
+
+    monkeypatch.setattr(model, "inference_timings", timed("inference"))
+    monkeypatch.setattr(model, "train_timings", timed("train"))
+
+    def memory(kwargs: dict, batch: int, channels_last: bool) -> dict:
+        order.append(("memory", kwargs["conv"], channels_last))
+        return {"step_peak_mb": 1.0}
+
+    monkeypatch.setattr(model, "measure_in_subprocess", memory)
+    rows, _ = model.benchmark_model({"block_config": [1, 1], "growth_rate": 4}, "cpu", 4, 4, 0.01, with_compile=False)
+    measured = [(conv, channels_last) for what, conv, channels_last in order if what == "train"]
+    # NCHW: standard then separable; channels_last: standard then separable (not every standard setting first).
+    assert measured == [("standard", False), ("separable", False), ("standard", True), ("separable", True)]
+    memory = [(conv, channels_last) for what, conv, channels_last in order if what == "memory"]
+    assert memory == measured
+    assert [r["conv"] for r in rows] == ["standard"] * 3 + ["separable"] * 3  # the table stays grouped by conv type

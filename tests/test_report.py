@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import pytorch_lightning as pl
@@ -27,9 +28,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_significance import fake_run
 from torch.utils.tensorboard import SummaryWriter
 
+from sepdense.bench.plots import layer_gap_figure
 from sepdense.callbacks.epoch_log import estimate_line
 from sepdense.cli import quiet_libraries
 from sepdense.report import ReportCallback, write_report
+from sepdense.report.figures import plot_tradeoff
+from sepdense.report.tradeoff import Point
 from sepdense.runs import CONFIG_FILE, METRICS_FILE, Run, load_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -168,7 +172,7 @@ def test_a_comparison_part_way_reports_only_its_complete_runs(tmp_path: Path, ca
     # One headline table, first: per conv type the seeds, metrics over seeds, paired tests and cost.
     assert markdown.count("## Headline") == 1 and markdown.index("## Headline") < markdown.index("## Findings")
     standard, separable = summary["headline"]
-    assert (standard["conv"], separable["conv"]) == ("standard", "separable") and separable["seeds"] == "0, 1, 2"
+    assert (standard["conv"], separable["conv"]) == ("standard", "separable") and separable["seeds"] == "3 (0, 1, 2)"
     accs = 100 * np.array([accuracies["separable"][s] for s in range(3)])
     assert separable["test acc (%)"] == f"{accs.mean():.2f} ± {accs.std(ddof=1):.2f}"
     assert separable["test f1 (%)"] == f"{accs.mean() - 2:.2f} ± {accs.std(ddof=1):.2f}"
@@ -179,8 +183,9 @@ def test_a_comparison_part_way_reports_only_its_complete_runs(tmp_path: Path, ca
     assert separable["over seeds: paired t 95% (points)"] == (f"{interval.low:+.2f} to {interval.high:+.2f}, "
                                                               f"p = {t_test.pvalue:.3g}")  # fmt: skip
     assert len(separable["McNemar p per seed"].split(", ")) == 3 and standard["McNemar p per seed"] == "(baseline)"
-    assert separable["parameters (M)"] == f"{2e8 / 300 * 1e-6:.3f}" and separable["peak memory (MB)"] == "1,000"
-    assert separable["training time (min)"] == f"{601 / 60:.1f} ± {1 / 60:.1f}"
+    assert separable["parameters (M)"] == f"{2e8 / 300 * 1e-6:.3f}"
+    assert separable["process peak resident memory during fit, CPU (MB)"] == "1,000"
+    assert separable["fit time, all epochs with validation (min)"] == f"{601 / 60:.1f} ± {1 / 60:.1f}"
     headline = markdown[markdown.index("## Headline") : markdown.index("## Findings")]
     assert headline.count("| separable |") == 1 and headline.count("| standard |") == 1
 
@@ -267,3 +272,127 @@ def test_short_epochs_do_not_warn_about_the_logging_interval(tmp_path: Path) -> 
     interval = "is smaller than the logging interval"
     assert any(interval in m for m in fit_with_short_epochs(tmp_path, quiet=False))  # Lightning alone warns
     assert not any(interval in m for m in fit_with_short_epochs(tmp_path, quiet=True))
+
+
+def headline_of(sweep: Path) -> dict[str, dict]:
+    summary = json.loads((write_report(sweep) / "summary.json").read_text())
+    return {row["conv"]: row for row in summary["headline"]}
+
+
+def test_the_headline_says_what_was_measured(tmp_path: Path) -> None:
+    # 17 epochs of 100 (early stopping), bf16, on 2,000 of the split's 10,000 test images, on a 2-thread CPU.
+    sweep = tmp_path / "sweep"
+    short = {"complete": True, "epochs_done": 17, "epochs_planned": 100, "stopped_by": "early_stopping",
+             "precision": "bf16-mixed", "memory/peak_mb": 900.0}  # fmt: skip
+    limited = {"data": {"source": {"num_test": 10_000}}, "trainer": {"limit_test_batches": 4, "accelerator": "cpu"}}
+    for conv in ("standard", "separable"):
+        fake_run(sweep / conv, conv, 0, 12, 0.8, 3e8, 60.0, extra=short, config=limited)
+        (sweep / conv / "environment.json").write_text(json.dumps({"processor": "Intel Xeon", "cpu_threads": 2}))
+    rows = headline_of(sweep)
+    assert rows["separable"]["data"] == "Synthetic" and rows["separable"]["test images"] == "2,000 of 10,000 (a subset)"
+    assert rows["separable"]["test acc (%)"].endswith("(on a subset of the test split)")
+    assert rows["separable"]["epochs done / planned"] == "17/100" and rows["separable"]["precision"] == "bf16-mixed"
+    assert rows["separable"]["machine"] == "Intel Xeon, 2 threads"
+    assert rows["separable"]["process peak resident memory during fit, CPU (MB)"] == "900"
+    markdown = (sweep / "report" / "report.md").read_text()
+    assert "Data sets, as the data module described them: `Synthetic()`." in markdown
+
+    # The same on a GPU, on the whole test split: its memory figure is CUDA's, under its own header.
+    gpu = tmp_path / "gpu"
+    for conv in ("standard", "separable"):
+        fake_run(gpu / conv, conv, 0, 12, 0.8, 3e8, 60.0, extra={**DONE, "memory/peak_mb": 700.0},
+                 config={"data": {"source": {"num_test": 2000}}, "trainer": {"accelerator": "auto"}})  # fmt: skip
+        (gpu / conv / "environment.json").write_text(json.dumps({"processor": "AMD EPYC", "gpus": ["NVIDIA H200"]}))
+    rows = headline_of(gpu)
+    assert rows["standard"]["machine"] == "NVIDIA H200" and rows["standard"]["test images"] == "2,000"
+    assert rows["standard"]["peak CUDA memory allocated during fit, GPU (MB)"] == "700"
+    assert not any("resident" in column for column in rows["standard"])
+    assert "subset" not in rows["standard"]["test acc (%)"]
+
+
+def test_every_ratio_in_the_findings_is_of_two_numbers_the_headline_shows(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    for conv, seed in itertools.product(("standard", "separable"), range(2)):
+        separable = conv == "separable"
+        costs = {"time/train_epoch_s": 0.41 + 0.01 * seed if separable else 0.50, "memory/peak_mb": 950.0 + separable,
+                 "model/latency_b1_ms": 3.2 if separable else 2.9, **DONE}  # fmt: skip
+        fake_run(sweep / f"{conv}{seed}", conv, seed, 12, 0.8, 2e8 if separable else 3e8, 2.3 if separable else 2.4,
+                 extra=costs)  # fmt: skip
+    rows = headline_of(sweep)
+    findings = json.loads((sweep / "report" / "summary.json").read_text())["findings"]
+    ratios = re.findall(r"([\d.]+)× the ([^;]+?) \(([\d,.]+) (\S+) vs ([\d,.]+) \S+\)", findings)
+    assert {name for _, name, *_ in ratios} == {
+        "parameters", "forward MACs per image", "training time per epoch, without validation",
+        "fit time, all epochs with validation", "process peak resident memory during fit, CPU", "latency, batch 1",
+    }  # fmt: skip
+    for ratio, name, other, unit, base in ratios:
+        column = f"{name} ({unit})"
+        shown = {conv: rows[conv][column].split(" ± ")[0] for conv in rows}  # the mean, as the headline shows it
+        assert (shown["separable"], shown["standard"]) == (other, base), column
+        assert float(ratio) == pytest.approx(float(other.replace(",", "")) / float(base.replace(",", "")), abs=0.006)
+    assert "0.83× the training time per epoch, without validation (0.415 s vs 0.500 s)" in findings
+
+
+def test_two_seeds_say_why_they_cannot_decide_and_what_each_seed_shows(tmp_path: Path) -> None:
+    # Separable 5 and 15 points ahead: each seed alone is far beyond test-image noise; over two seeds t = 2 with
+    # one degree of freedom, p = 0.295.
+    sweep = tmp_path / "sweep"
+    for seed, gain in ((0, 0.05), (1, 0.15)):
+        fake_run(sweep / f"standard{seed}", "standard", seed, 12, 0.70, 3e8, 10.0, extra=DONE)
+        fake_run(sweep / f"separable{seed}", "separable", seed, 12, 0.70 + gain, 2e8, 10.0, extra=DONE)
+    rows = headline_of(sweep)
+    summary = json.loads((sweep / "report" / "summary.json").read_text())
+    (comparison,) = summary["significance"]
+    assert comparison["p_value"] == pytest.approx(stats.t.sf(2, df=1) * 2, abs=1e-3) and not comparison["significant"]
+    assert all(pair["mcnemar_p"] < 0.001 for pair in comparison["pairs"])
+    markdown = (sweep / "report" / "report.md").read_text()
+    assert "Two seeds cannot support a test across trainings: the paired t-test has one degree of freedom" in markdown
+    assert ("Per seed, McNemar's p is below 5% in 2 of 2 and the bootstrap 95% interval excludes 0 in 2 of 2, each "
+            "time with separable ahead: evidence that these trained networks differ on these test images, not that "
+            "another training of each conv type would.") in markdown  # fmt: skip
+    assert "two seeds cannot support a test across trainings: run at least 3" in summary["findings"]
+    assert rows["separable"]["significant at 5%"] == "no (p = 0.295; two seeds cannot decide: run ≥ 3)"
+
+
+def test_a_reader_does_not_trip_over_the_seeds_the_unpaired_cells_or_the_legend(tmp_path: Path) -> None:
+    single = tmp_path / "single"
+    fake_run(single / "run", "standard", 0, 12, 0.8, 3e8, 10.0, extra=DONE)
+    assert headline_of(single)["standard"]["seeds"] == "1 (seed 0)"  # not "0", read as "no seeds"
+
+    unpaired = tmp_path / "unpaired"
+    fake_run(unpaired / "standard", "standard", 0, 12, 0.8, 3e8, 10.0, extra=DONE)
+    fake_run(unpaired / "separable", "separable", 1, 12, 0.8, 2e8, 10.0, extra=DONE)
+    row = headline_of(unpaired)["separable"]
+    assert [value for value in row.values() if "not paired" in str(value)] == ["not paired: see 'Not compared'"]
+
+    def legend(growth_rates: tuple[int, ...]) -> tuple[list[str], str]:
+        runs = {conv: [fake_run(tmp_path / f"{conv}{k}{len(growth_rates)}", conv, 0, k, 0.7 + k / 100, 1e7 * k, 1.0)
+                       for k in growth_rates] for conv in ("standard", "separable")}  # fmt: skip
+        points = {conv: [Point(conv, f"model.growth_rate={r.config.model.growth_rate}", [r]) for r in rs]
+                  for conv, rs in runs.items()}  # fmt: skip
+        fig = plot_tradeoff(points)
+        texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        title = fig._suptitle.get_text()
+        plt.close(fig)
+        return texts, title
+
+    texts, title = legend((12,))  # one setting per conv type: no front, and none promised
+    assert texts == ["standard", "separable"] and "Pareto" not in title
+    texts, title = legend((6, 12, 24))
+    assert "standard: Pareto front" in texts and "Pareto fronts chosen on validation accuracy" in title
+
+
+def test_layer_gap_ticks_are_plain_numbers_around_every_line() -> None:
+    rows = [{"conv": "separable ÷ standard", "k": 3, "size": size, "channels": c, "mac_ratio_measured": 1 / c + 1 / 9,
+             "forward_backward_time_ratio": 0.3 * size / 8} for size in (8, 32) for c in (16, 64, 256)]  # fmt: skip
+    fig = layer_gap_figure(rows)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    low, high = ax.get_ylim()
+    shown = [t for t in ax.get_yticklabels() if low * 0.999 <= t.get_position()[1] <= high * 1.001]
+    plt.close(fig)
+    assert not any("e" in t.get_text() or "$" in t.get_text() for t in shown)  # no 10^-1, no 1e-01
+    ticks = [float(t.get_text()) for t in shown]
+    lowest_mac = min(r["mac_ratio_measured"] for r in rows)
+    assert min(ticks) <= lowest_mac and low == pytest.approx(min(ticks))  # a labelled tick at or below the MACs
+    assert max(ticks) >= 1.2 and high == pytest.approx(max(ticks))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -16,10 +17,12 @@ from sepdense.report.significance import (
     Comparison,
     PairingError,
     PairResult,
+    adjust_by_holm,
     bootstrap_difference,
     compare,
     correctness,
     describe,
+    holm,
     mcnemar,
 )
 from sepdense.report.tradeoff import Point, ahead_at_equal_cost, pareto_front
@@ -146,16 +149,18 @@ def fake_run(
     labels: np.ndarray | None = None,
     source: str = "Synthetic",
     extra: dict | None = None,
+    config: dict | None = None,
 ) -> Run:
     """A run directory as training leaves it, with predictions that give ``accuracy`` on 2,000 images.
 
     ``fingerprint`` None: the test predictions of a run saved before fingerprints were recorded.
-    ``extra``: more keys for its metrics.json.
+    ``extra``: more keys for its metrics.json; ``config``: more settings for its config (merged in).
     """
     path.mkdir(parents=True)
     (path / CONFIG_FILE).parent.mkdir()
-    OmegaConf.save({"seed": seed, "model": {"conv": conv, "growth_rate": growth_rate, "block_config": [2, 2]},
-                    "data": {"source": {"_target_": f"sepdense.data.{source}"}}}, path / CONFIG_FILE)  # fmt: skip
+    saved = OmegaConf.create({"seed": seed, "model": {"conv": conv, "growth_rate": growth_rate, "block_config": [2, 2]},
+                              "data": {"source": {"_target_": f"sepdense.data.{source}"}}})  # fmt: skip
+    OmegaConf.save(OmegaConf.merge(saved, config or {}), path / CONFIG_FILE)
     labels = np.arange(2000) % 10 if labels is None else labels
     rng = np.random.default_rng(seed * 100 + growth_rate + (conv == "separable"))
     right = rng.permutation(2000) < round(accuracy * 2000)
@@ -163,8 +168,9 @@ def fake_run(
     data = {} if fingerprint is None else {"data_source": f"{source}(seed={seed})", "test_fingerprint": fingerprint}
     write_predictions(path, {"index": np.arange(2000), "label": labels, "logits": np.eye(10)[preds], **data},
                       [f"c{i}" for i in range(10)])  # fmt: skip
-    metrics = {"test/acc": float(right.mean()), "model/macs": macs, "time/fit_s": fit_s, "model/params": macs / 300,
-               **(extra or {})}  # fmt: skip
+    # The validation score that chose the checkpoint: the test accuracy unless ``extra`` says otherwise.
+    metrics = {"test/acc": float(right.mean()), "val/acc_best": float(right.mean()), "model/macs": macs,
+               "time/fit_s": fit_s, "model/params": macs / 300, **(extra or {})}  # fmt: skip
     (path / METRICS_FILE).write_text(json.dumps(metrics))
     return load_run(path)
 
@@ -223,7 +229,7 @@ def test_a_tradeoff_sweep_reports_significance_and_who_is_ahead_at_equal_cost(tm
                      0.62 + 0.005 * seed + 0.05 * np.log(macs / 2e8), macs / 2, macs / 1e6)  # fmt: skip
     summary = json.loads((write_report(sweep) / "summary.json").read_text())
     assert "At equal MACs" in summary["findings"] and "separable is ahead of standard by" in summary["findings"]
-    assert "At equal measured training time" in summary["findings"]
+    assert "At equal fit time" in summary["findings"]
     assert len(summary["significance"]) == 3  # one comparison per width, each over two seeds
     assert all(len(c["pairs"]) == 2 and c["t_test"] is not None for c in summary["significance"])
     assert "over 2 seeds" in summary["findings"]
@@ -251,8 +257,9 @@ def test_equal_cost_compares_the_pareto_fronts_only(tmp_path: Path) -> None:
                 point("standard", "c", 24, 0.80, 4e8)]  # fmt: skip
     separable = [point("separable", "d", 6, 0.68, 1e8), point("separable", "e", 24, 0.78, 4e8)]
     sentence = ahead_at_equal_cost(separable, standard, "model/macs")
-    assert sentence == ("At equal MACs (100M to 400M; the two Pareto fronts, interpolated between their settings): "
-                        "separable is behind standard by 2.00 to 2.00 points.")  # fmt: skip
+    assert sentence == ("At equal MACs (100M to 400M; the two Pareto fronts, chosen on validation accuracy, in test "
+                        "accuracy interpolated between their settings): separable is behind standard by 2.00 to 2.00 "
+                        "points.")  # fmt: skip
 
 
 def test_a_report_keeps_runs_on_different_data_apart(tmp_path: Path) -> None:
@@ -263,3 +270,88 @@ def test_a_report_keeps_runs_on_different_data_apart(tmp_path: Path) -> None:
     assert summary["significance"] == []
     assert summary["unpaired"] == ["no standard run at data=ImageFolder to compare separable with."]
     assert set(summary["by_conv"]) == {"standard (data=OfficialCIFAR10)", "separable (data=ImageFolder)"}
+
+
+def test_runs_with_different_recipes_are_never_pooled_as_seeds(tmp_path: Path) -> None:
+    # Seeds 0 and 1 at lr 0.1 for 100 epochs, seed 2 at lr 0.01 for 10: two recipes, whatever the seeds say. Paths,
+    # loggers, the progress bar and settings that follow the seed differ too, and must not split anything.
+    sweep = tmp_path / "sweep"
+    for conv, seed in itertools.product(("standard", "separable"), range(3)):
+        recipe = {"optimizer": {"lr": 0.1 if seed < 2 else 0.01}, "trainer": {"max_epochs": 100 if seed < 2 else 10}}
+        noise = {"paths": {"log_dir": f"/tmp/{conv}{seed}"}, "logger": {"csv": {"version": seed}} if seed else {},
+                 "callbacks": {"progress_bar": None if seed else {"_target_": "x"}},
+                 "data": {"shuffle_seed": "${seed}"}}  # fmt: skip
+        fake_run(sweep / f"{conv}_s{seed}", conv, seed, 12, 0.8 + 0.01 * seed, 3e8, 100.0,
+                 config={**recipe, **noise})  # fmt: skip
+    summary = json.loads((write_report(sweep) / "summary.json").read_text())
+    assert summary["differing_settings"] == "optimizer.lr (0.01, 0.1), trainer.max_epochs (10, 100)"
+    cells = {row["conv"]: [] for row in summary["headline"]}
+    for row in summary["headline"]:
+        cells[row["conv"]].append((row["setting"], row["seeds"]))
+    assert (
+        cells["standard"]
+        == cells["separable"]
+        == [
+            ("optimizer.lr=0.01, trainer.max_epochs=10", "1 (seed 2)"),
+            ("optimizer.lr=0.1, trainer.max_epochs=100", "2 (0, 1)"),
+        ]
+    )
+    # Each recipe paired with itself: seed 2 alone, seeds 0 and 1 together.
+    assert sorted(len(c["pairs"]) for c in summary["significance"]) == [1, 2]
+    markdown = (sweep / "report" / "report.md").read_text()
+    assert "These runs differ in optimizer.lr (0.01, 0.1), trainer.max_epochs (10, 100)" in markdown
+
+
+def test_fronts_are_chosen_on_validation_and_reported_on_test(tmp_path: Path) -> None:
+    # Standard's middle width scores best on validation for its cost but worst on test: chosen on validation it is
+    # on the front (and its test accuracy is what is reported); chosen on test it would have been dropped.
+    def point(conv: str, name: str, growth_rate: int, val: float, test: float, macs: float) -> Point:
+        run = fake_run(tmp_path / name, conv, 0, growth_rate, test, macs, 1.0, extra={"val/acc_best": val})
+        return Point(conv, name, [run])
+
+    standard = [point("standard", "a", 6, 0.70, 0.70, 1e8), point("standard", "b", 12, 0.75, 0.60, 2e8),
+                point("standard", "c", 24, 0.80, 0.80, 4e8)]  # fmt: skip
+    separable = [point("separable", "d", 6, 0.68, 0.68, 1e8), point("separable", "e", 24, 0.78, 0.78, 4e8)]
+    assert [p.setting for p in pareto_front(standard, "model/macs")] == ["a", "b", "c"]
+    sentence = ahead_at_equal_cost(separable, standard, "model/macs")
+    # Test accuracy of the validation-chosen fronts, interpolated in log(MACs) at 1, 1.41, 2, 2.83 and 4 × 1e8.
+    grid = np.linspace(np.log(1e8), np.log(4e8), 5)
+    gaps = 100 * (np.interp(grid, np.log([1e8, 4e8]), [0.68, 0.78]) - np.interp(grid, np.log([1e8, 2e8, 4e8]),
+                                                                               [0.70, 0.60, 0.80]))  # fmt: skip
+    assert sentence.endswith(f"neither is ahead throughout (separable − standard: {gaps.min():+.2f} to "
+                             f"{gaps.max():+.2f} points).")  # fmt: skip
+    assert (gaps.min(), gaps.max()) == pytest.approx((-2, 13))
+    # Without a validation score a setting is on no front: the test set never chooses.
+    blind = Point("standard", "f", [fake_run(tmp_path / "f", "standard", 0, 6, 0.9, 1e8, 1.0)])
+    blind.runs[0].metrics.pop("val/acc_best")
+    assert pareto_front([blind], "model/macs") == []
+
+
+def test_holm_adjusts_step_down() -> None:
+    # Sorted: 0.005 × 4 = 0.02, 0.01 × 3 = 0.03, 0.03 × 2 = 0.06, 0.04 × 1 = 0.04 → raised to 0.06.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0]) and holm([0.02]) == [0.02]
+
+
+def test_several_comparisons_are_decided_by_holm_adjusted_p(tmp_path: Path) -> None:
+    # Three widths, one seed each: separable 3, 3.5 and 2.5 points ahead of standard on 2,000 test images
+    # (McNemar p 0.042, 0.015 and 0.087 with these predictions; Holm: 0.044, 0.084, 0.087).
+    sweep = tmp_path / "sweep"
+    for growth_rate, gain in ((6, 0.03), (12, 0.035), (24, 0.025)):
+        fake_run(sweep / f"standard_k{growth_rate}", "standard", 0, growth_rate, 0.70, 1e8 * growth_rate, 10.0)
+        fake_run(sweep / f"separable_k{growth_rate}", "separable", 0, growth_rate, 0.70 + gain, 5e7 * growth_rate,
+                 10.0)  # fmt: skip
+    summary = json.loads((write_report(sweep) / "summary.json").read_text())
+    tests = summary["significance"]
+    raw = [c["p_value"] for c in tests]
+    assert [c["holm_adjusted_p"] for c in tests] == pytest.approx(holm(raw))
+    assert all(c["comparisons_in_report"] == 3 for c in tests)
+    assert [c["significant"] for c in tests] == [p < 0.05 for p in holm(raw)]
+    # The case Holm is for: significant alone, not among three.
+    assert any(p < 0.05 <= adjusted for p, adjusted in zip(raw, holm(raw), strict=True)), raw
+    markdown = (sweep / "report" / "report.md").read_text()
+    assert "3 comparisons in this report: each verdict uses its Holm-adjusted p (Holm's step-down procedure" in markdown
+    assert "Holm-adjusted over the report's 3 comparisons p = " in markdown
+    one = comparison_of([30])  # one comparison: nothing to adjust
+    adjust_by_holm([one])
+    assert one.adjusted_p is None and "Holm" not in describe(one)

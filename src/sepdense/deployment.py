@@ -183,16 +183,29 @@ def session_latency_ms(session: Any, batch: int = 1, min_run_time: float = 0.5, 
 
 
 def record_deployed(run_dir: Path, precision: str, values: dict[str, Any]) -> None:
-    """Merge ``values`` into the ``precision`` entry of a training run's :data:`DEPLOYED_FILE` (the report reads it)."""
-    path = Path(run_dir) / DEPLOYED_FILE
+    """Merge ``values`` into the ``precision`` entry of a training run's :data:`DEPLOYED_FILE` (the report reads it).
+
+    The run directory was handed to us: the file is written under its fixed name, inside ``run_dir``, replacing
+    a symbolic link there rather than writing through it; a precision is one of :data:`PRECISIONS`.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    run_dir = Path(run_dir)
     recorded = read_deployed(run_dir)
     recorded[precision] = {**recorded.get(precision, {}), **values}
-    write_json(path, recorded, sort_keys=True)
+    write_json(run_dir / DEPLOYED_FILE, recorded, sort_keys=True, inside=run_dir)
 
 
 def read_deployed(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """What a run recorded of its deployment; a link or an unreadable file counts as nothing recorded."""
     path = Path(run_dir) / DEPLOYED_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if path.is_symlink() or not path.is_file():
+        return {}
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def split_images(datamodule: Any, split: str, count: int, seed: int = 0) -> np.ndarray:

@@ -1,8 +1,11 @@
-"""Matplotlib figures shared by TensorBoard logging and the reports: the confusion matrix and conv colours."""
+"""Matplotlib figures shared by TensorBoard logging, the reports and the benchmark: the confusion matrix, conv
+colours, and saving a figure (as every other file is written: never through a symbolic link)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -11,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sepdense.models import ordered_conv_types
+from sepdense.tables import write_file
 
 
 def conv_colors(names: Iterable[str] = ()) -> dict[str, str]:
@@ -36,3 +40,12 @@ def confusion_figure(counts: np.ndarray, class_names: Sequence[str], title: str)
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
     fig.tight_layout()
     return fig
+
+
+def save_figure(fig: plt.Figure, path: Path, inside: Path | None = None, dpi: int = 110) -> None:
+    """Write ``fig`` as a PNG to ``path`` (see ``tables.write_file``: ``inside`` is the folder it must land in) and
+    close it."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=dpi)
+    plt.close(fig)
+    write_file(path, png.getvalue(), inside)

@@ -1,7 +1,9 @@
 """Model level: the configured network with each conv type, timed for inference and training, with memory.
 
 Each setting is (precision, memory layout[, torch.compile]); on CPU fp32 in NCHW and
-channels_last, on GPU also bf16 autocast. A BN-folded inference row follows each conv type.
+channels_last, on GPU also bf16 autocast, then a BN-folded inference row. Within each setting the
+conv types are timed one after the other (as the layer, speed and deploy levels do), so that a change
+of load on the machine moves both sides of a ratio alike instead of one conv type's every setting.
 """
 
 from __future__ import annotations
@@ -82,33 +84,31 @@ def benchmark_model(
     with_compile: bool,
     with_memory: bool = True,
 ) -> tuple[list[dict], list[dict]]:
-    """Rows for every registered conv type and setting, and each type's ratios to the baseline."""
-    rows = []
-    for conv in ordered_conv_types():
-        kwargs = {**model_kwargs, "conv": conv}
-        net = DenseNet(**kwargs).to(device)
-        cost = {"params": count_parameters(net), "macs": count_macs(net)}
-        for setting in settings(device, with_compile):
-            row = {"conv": conv, **setting, **cost}
-            row.update(inference_timings(DenseNet(**kwargs).to(device), setting, device, inference_batch, min_run_time))
-            row.update(train_timings(DenseNet(**kwargs).to(device), setting, device, train_batch, min_run_time))
+    """Rows for every registered conv type and setting (grouped by conv type), and each type's ratios to the
+    baseline; measured setting by setting, the conv types side by side within each."""
+    convs = ordered_conv_types()
+    kwargs = {conv: {**model_kwargs, "conv": conv} for conv in convs}
+    nets = {conv: DenseNet(**kwargs[conv]).to(device) for conv in convs}
+    cost = {conv: {"params": count_parameters(net), "macs": count_macs(net)} for conv, net in nets.items()}
+    rows: dict[str, list[dict]] = {conv: [] for conv in convs}
+    for setting in settings(device, with_compile):
+        for conv in convs:
+            row = {"conv": conv, **setting, **cost[conv]}
+            net = DenseNet(**kwargs[conv]).to(device)
+            row.update(inference_timings(net, setting, device, inference_batch, min_run_time))
+            row.update(train_timings(DenseNet(**kwargs[conv]).to(device), setting, device, train_batch, min_run_time))
             if device == "cpu" and with_memory and not setting["compile"]:
-                measured = measure_in_subprocess(kwargs, train_batch, setting["channels_last"])
+                measured = measure_in_subprocess(kwargs[conv], train_batch, setting["channels_last"])
                 row["train_peak_memory_mb"] = measured["step_peak_mb"]
-            rows.append(row)
-        folded = fold_batchnorms(net)
-        setting = {"precision": "fp32", "channels_last": False, "compile": False}
-        rows.append(
-            {
-                "conv": conv,
-                **setting,
-                "bn_folded": True,
-                "params": count_parameters(folded),
-                "macs": count_macs(folded),
-                **inference_timings(folded, setting, device, inference_batch, min_run_time),
-            }
-        )
-    return rows, model_comparison(rows)
+            rows[conv].append(row)
+    setting = {"precision": "fp32", "channels_last": False, "compile": False}
+    for conv in convs:
+        folded = fold_batchnorms(nets[conv])
+        rows[conv].append({"conv": conv, **setting, "bn_folded": True, "params": count_parameters(folded),
+                           "macs": count_macs(folded),
+                           **inference_timings(folded, setting, device, inference_batch, min_run_time)})  # fmt: skip
+    flat = [row for conv in convs for row in rows[conv]]
+    return flat, model_comparison(flat)
 
 
 def model_comparison(rows: list[dict]) -> list[dict]:

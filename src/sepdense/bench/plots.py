@@ -2,14 +2,44 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
-from sepdense.plotting import conv_colors
+from sepdense.plotting import conv_colors, save_figure
+
+NICE = (1.0, 2.0, 5.0)  # log-axis ticks at 1, 2, 5 × a power of ten
 
 
-def plot_layer_gap(comparison: list[dict], path: Path) -> None:
+def nice_below(value: float) -> float:
+    """The largest 1, 2 or 5 × 10^n at or below ``value``."""
+    power = 10.0 ** math.floor(math.log10(value))
+    return max(n * power for n in NICE if n * power <= value * (1 + 1e-9))
+
+
+def nice_above(value: float) -> float:
+    """The smallest 1, 2 or 5 × 10^n at or above ``value``."""
+    power = 10.0 ** math.floor(math.log10(value))
+    return min(n * power for n in (*NICE, 10.0) if n * power >= value * (1 - 1e-9))
+
+
+def plain_log_axes(ax: Axes, x_values: list[float], y_values: list[float]) -> None:
+    """Log axes labelled in plain numbers: x ticks at the measured channel counts; y ticks at 1, 2, 5 × 10^n, with
+    a labelled tick at or below the lowest value and at or above the highest, so every line lies between two."""
+    ax.set(xscale="log", yscale="log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(x_values))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_locator(LogLocator(subs=NICE))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylim(nice_below(min(y_values)), nice_above(max(y_values)))
+
+
+def layer_gap_figure(comparison: list[dict]) -> plt.Figure:
     """Each conv type ÷ the baseline per grid point: MACs against measured forward+backward time, one panel per k."""
     kernels = sorted({r["k"] for r in comparison})
     pairs = list(dict.fromkeys(r["conv"] for r in comparison))
@@ -25,13 +55,19 @@ def plot_layer_gap(comparison: list[dict], path: Path) -> None:
             macs = sorted({(r["channels"], r["mac_ratio_measured"]) for r in points_k})
             ax.plot(*zip(*macs, strict=True), "k--", label="MACs")
             ax.axhline(1, color="gray", lw=0.8)
-            ax.set(xscale="log", yscale="log", xlabel="channels (in = out)", ylabel=f"{pair} (log scale)")
+            ratios = [r["forward_backward_time_ratio"] for r in points_k] + [m for _, m in macs] + [1.0]
+            plain_log_axes(ax, [r["channels"] for r in points_k], ratios)
+            ax.set(xlabel="channels (in = out)", ylabel=f"{pair} (log scale)")
             ax.set_title(f"{k}×{k} conv, forward+backward: {pair}\n(below 1: cheaper than the baseline)", fontsize=10)
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_layer_gap(comparison: list[dict], path: Path) -> None:
+    """Write :func:`layer_gap_figure` to ``path``."""
+    save_figure(layer_gap_figure(comparison), path, dpi=120)
 
 
 def setting_label(row: dict) -> str:
@@ -52,5 +88,4 @@ def plot_model_costs(rows: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

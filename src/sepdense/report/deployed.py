@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 from sepdense.deployment import PRECISIONS, QUANTIZATION, SESSION_LATENCY_METHOD, read_deployed
 from sepdense.measure import LATENCY_METHOD
 from sepdense.models import BASELINE_CONV
-from sepdense.plotting import conv_colors
+from sepdense.plotting import conv_colors, save_figure
 from sepdense.report.tradeoff import Point, ahead_at_equal_cost, pareto_front
 from sepdense.runs import Run
 from sepdense.tables import format_value, markdown_table
@@ -55,8 +55,9 @@ def with_deployed_accuracy(conv_points: dict[str, list[Point]], precision: str) 
     return out
 
 
-def plot_deployed_tradeoff(points_by_precision: dict[str, dict[str, list[Point]]], path: Path) -> None:
-    """Test accuracy in ONNX Runtime against its batch-1 latency, one panel per precision, with Pareto fronts."""
+def plot_deployed_tradeoff(points_by_precision: dict[str, dict[str, list[Point]]]) -> plt.Figure:
+    """Test accuracy in ONNX Runtime against its batch-1 latency, one panel per precision, with the Pareto fronts
+    (chosen on validation accuracy) where a conv type has two settings or more."""
     fig, axes = plt.subplots(1, len(points_by_precision), figsize=(6 * len(points_by_precision), 4.5), squeeze=False)
     for ax, (precision, conv_points) in zip(axes[0], points_by_precision.items(), strict=True):
         colors, cost = conv_colors(conv_points), deployed_key(precision, "latency_b1_ms")
@@ -67,14 +68,15 @@ def plot_deployed_tradeoff(points_by_precision: dict[str, dict[str, list[Point]]
             ax.scatter([p.mean(cost) for p in ps], [100 * p.accuracy for p in ps], color=colors[conv], s=60,
                        edgecolor="black", lw=0.6, label=conv, zorder=3)  # fmt: skip
             front = pareto_front(ps, cost)
-            ax.plot([p.mean(cost) for p in front], [100 * p.accuracy for p in front], "-", color=colors[conv], lw=1.5)
+            if len(front) > 1:
+                ax.plot([p.mean(cost) for p in front], [100 * p.accuracy for p in front], "-", color=colors[conv],
+                        lw=1.5, label=f"{conv}: Pareto front")  # fmt: skip
         ax.set_xlabel(f"ONNX Runtime {precision} latency, batch 1, 1 thread (ms)")
         ax.set_ylabel("test accuracy in int8 (%)" if precision == "int8" else "test accuracy (%)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def deployed_section(out: Path, runs: list[Run], conv_points: dict[str, list[Point]]) -> str:
@@ -104,7 +106,7 @@ def deployed_section(out: Path, runs: list[Run], conv_points: dict[str, list[Poi
                 sentence = ahead_at_equal_cost(ps[conv], ps[BASELINE_CONV], cost)
                 if sentence:
                     sentences.append(sentence.replace(f"equal {cost}", f"equal ONNX Runtime {precision} latency"))
-    plot_deployed_tradeoff(by_precision, out / FIGURE)
+    save_figure(plot_deployed_tradeoff(by_precision), out / FIGURE, inside=out, dpi=120)
     caption = "Test accuracy against ONNX Runtime latency (fp32 accuracy as in PyTorch; int8 as measured in int8)"
     return "\n".join([
         "\n## Deployed (ONNX Runtime)",

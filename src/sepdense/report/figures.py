@@ -1,17 +1,20 @@
-"""The report's figures: learning curves per run and per conv type, accuracy against cost, confusion matrices."""
+"""The report's figures: learning curves per run and per conv type, accuracy against cost, confusion matrices.
+
+Each function draws and returns a figure; the report writes it (``plotting.save_figure``) into its own folder.
+"""
 
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from sepdense.plotting import confusion_figure, conv_colors
-from sepdense.report.aggregate import Cell, cell_name
+from sepdense.report.aggregate import Cell, cell_name, time_axis
 from sepdense.report.tradeoff import Point, pareto_front
 from sepdense.runs import Run
 
@@ -35,13 +38,7 @@ def _epoch_axis(ax: Axes, epochs: list[int]) -> None:
     ax.grid(alpha=0.3)
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_run_curves(run: Run, path: Path) -> None:
+def plot_run_curves(run: Run) -> plt.Figure:
     """Loss and accuracy per epoch of one run, training and validation in their own colour and marker."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     all_epochs: set[int] = set()
@@ -59,10 +56,11 @@ def plot_run_curves(run: Run, path: Path) -> None:
         _epoch_axis(ax, sorted(all_epochs))
     # The run's name once, above both panels and wrapped: sweep run names can be long.
     fig.suptitle("\n".join(textwrap.wrap(run.name, 90)), fontsize=10)
-    _save(fig, path)
+    fig.tight_layout()
+    return fig
 
 
-def plot_conv_curves(cells: dict[Cell, list[Run]], path: Path) -> None:
+def plot_conv_curves(cells: dict[Cell, list[Run]]) -> plt.Figure:
     """Training and validation loss and accuracy per conv type (and setting): mean across seeds, min–max band.
 
     One panel per (metric, stage), so a line's stage is its panel, its conv type is its colour and,
@@ -97,49 +95,56 @@ def plot_conv_curves(cells: dict[Cell, list[Run]], path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8, frameon=False)
     fig.suptitle("Learning curves per conv type (mean over seeds; band: min–max)")
     fig.tight_layout(rect=(0, 0.03 + 0.03 * ((len(labels) + 2) // 3), 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
-def time_axis(seconds: list[float]) -> tuple[float, str]:
-    """A scale and unit that keep training times readable: seconds, minutes or hours."""
-    longest = max(seconds, default=0)
-    if longest >= 2 * 3600:
-        return 1 / 3600, "h"
-    if longest >= 120:
-        return 1 / 60, "min"
-    return 1, "s"
-
-
-def plot_tradeoff(conv_points: dict[str, list[Point]], path: Path) -> None:
+def plot_tradeoff(conv_points: dict[str, list[Point]]) -> plt.Figure:
     """Test accuracy against MACs, measured training time and parameters.
 
     Small dots are runs; large markers the mean over seeds of one conv type at one setting (labelled
-    with it when settings vary); the line joins each conv type's Pareto front (no cheaper setting of
-    that conv type is more accurate).
+    with it when settings vary); a line joins each conv type's Pareto front where it has two settings or
+    more: the settings no cheaper one of that conv type beats on validation accuracy, drawn at their test accuracy.
     """
     all_points = [p for ps in conv_points.values() for p in ps]
     colors = conv_colors(conv_points)
     fit_scale, fit_unit = time_axis([r.metrics.get("time/fit_s", 0) for p in all_points for r in p.runs])
     panels = (
         ("model/macs", 1e-6, "forward MACs per image (M)"),
-        ("time/fit_s", fit_scale, f"measured training time ({fit_unit})"),
+        ("time/fit_s", fit_scale, f"fit time, all epochs with validation ({fit_unit})"),
         ("model/params", 1e-6, "parameters (M)"),
     )
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.8))
     for ax, (key, scale, label) in zip(axes, panels, strict=True):
+        handles = []
         for conv, ps in conv_points.items():
             ps = [p for p in ps if p.has(key)]
             if not ps:
                 continue
             runs = [(r.metrics[key] * scale, 100 * r.metrics["test/acc"]) for p in ps for r in p.runs]
             ax.scatter(*zip(*runs, strict=True), color=colors[conv], s=12, alpha=0.5)
-            ax.scatter([p.mean(key) * scale for p in ps], [100 * p.accuracy for p in ps], color=colors[conv],
-                       s=60, edgecolor="black", lw=0.6, label=conv, zorder=3)  # fmt: skip
+            handles.append(
+                ax.scatter(
+                    [p.mean(key) * scale for p in ps],
+                    [100 * p.accuracy for p in ps],
+                    color=colors[conv],
+                    s=60,
+                    edgecolor="black",
+                    lw=0.6,
+                    label=conv,
+                    zorder=3,
+                )
+            )
             front = pareto_front(ps, key)
-            if len(front) > 1:
-                ax.plot([p.mean(key) * scale for p in front], [100 * p.accuracy for p in front], "-",
-                        color=colors[conv], lw=1.5, zorder=2)  # fmt: skip
+            if len(front) > 1:  # one setting is no front: no line, and none promised in the legend
+                handles += ax.plot(
+                    [p.mean(key) * scale for p in front],
+                    [100 * p.accuracy for p in front],
+                    "-",
+                    color=colors[conv],
+                    lw=1.5,
+                    zorder=2,
+                    label=f"{conv}: Pareto front",
+                )
             for p in ps:
                 if p.setting:
                     ax.annotate(p.setting, (p.mean(key) * scale, 100 * p.accuracy), fontsize=7,
@@ -152,14 +157,15 @@ def plot_tradeoff(conv_points: dict[str, list[Point]], path: Path) -> None:
             ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
-        if ax.collections:
-            ax.legend(title="conv (line: Pareto front)", fontsize=8, title_fontsize=8)
-    fig.suptitle("Accuracy against cost (large markers: mean over seeds; small dots: runs)")
-    _save(fig, path)
+        if handles:
+            ax.legend(handles=handles, fontsize=8)
+    fronts = any(isinstance(h, Line2D) for ax in axes for h in ax.get_legend_handles_labels()[0])
+    fig.suptitle("Accuracy against cost (large markers: mean test accuracy over seeds; small dots: runs"
+                 + ("; lines: Pareto fronts chosen on validation accuracy" if fronts else "") + ")")  # fmt: skip
+    fig.tight_layout()
+    return fig
 
 
-def plot_confusion(run: Run, path: Path) -> None:
+def plot_confusion(run: Run) -> plt.Figure:
     acc = 100 * run.metrics.get("test/acc", float("nan"))
-    fig = confusion_figure(run.confusion, run.class_names, f"{run.conv}: test confusion, best run ({acc:.2f}%)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return confusion_figure(run.confusion, run.class_names, f"{run.conv}: test confusion, best run ({acc:.2f}%)")

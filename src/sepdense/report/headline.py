@@ -5,33 +5,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from sepdense.models import BASELINE_CONV
-from sepdense.report.aggregate import QUALITY, Cell, Stats, cell
-from sepdense.report.figures import time_axis
-from sepdense.report.significance import Comparison
+from sepdense.report.aggregate import QUALITY, Cell, Stats, cell, cost_columns
+from sepdense.report.measured import is_subset, measured
+from sepdense.report.significance import ALPHA, Comparison, too_few_seeds
 from sepdense.runs import Run
 from sepdense.tables import format_value, markdown_table
 
-# (metric key, column label, unit scale, digits); training time gets its unit from the runs (s, min or h).
-COST = (
-    ("model/params", "parameters (M)", 1e-6, 3),
-    ("model/macs", "MACs / image (M)", 1e-6, 1),
-    ("time/fit_s", "training time", 1, 1),
-    ("memory/peak_mb", "peak memory (MB)", 1, 0),
-    ("model/latency_b1_ms", "latency, batch 1 (ms)", 1, 2),
-)
 PAIRED = ("vs baseline (points)", "over seeds: paired t 95% (points)", "McNemar p per seed",
           "bootstrap 95% per seed (points)", "significant at 5%")  # fmt: skip
 
 
-def run_precision(run: Run) -> str:
-    """The precision a run trained in: recorded in metrics.json, else its config's setting (older runs)."""
-    recorded = run.metrics.get("precision")
-    if recorded is None and run.config is not None:
-        recorded = OmegaConf.select(run.config, "trainer.precision", default=None)
-    return str(recorded) if recorded is not None else "?"
+def seeds_text(runs: list[Run]) -> str:
+    """'3 (0, 1, 2)' or '1 (seed 0)': how many seeds, then which; a lone seed number would read as a count."""
+    seeds = sorted(r.seed for r in runs if r.seed is not None)
+    if not seeds:
+        return f"{len(runs)} (seed not recorded)"
+    return f"1 (seed {seeds[0]})" if len(seeds) == 1 else f"{len(seeds)} ({', '.join(map(str, seeds))})"
+
+
+def significance_cell(comparison: Comparison) -> str:
+    """'yes (p = 0.002)', with the Holm-adjusted p when the report makes several comparisons, and why two seeds
+    cannot decide."""
+    p = comparison.decisive_p
+    which = "Holm-adjusted p" if comparison.adjusted_p is not None else "p"
+    text = f"{'yes' if comparison.significant else 'no'} ({which} = {p:.3g}"
+    if p < ALPHA and comparison.images_could_explain:
+        text += "; test images alone could give it"
+    if too_few_seeds(comparison) and not comparison.significant:
+        text += "; two seeds cannot decide: run ≥ 3"
+    return text + ")"
 
 
 def paired_columns(comparison: Comparison) -> dict[str, str]:
@@ -51,39 +54,36 @@ def paired_columns(comparison: Comparison) -> dict[str, str]:
         over_seeds,
         ", ".join(f"{p.mcnemar_p:.2g}" for p in comparison.pairs),
         "; ".join(f"{100 * p.bootstrap_low:+.2f} to {100 * p.bootstrap_high:+.2f}" for p in comparison.pairs),
-        f"{'yes' if comparison.significant else 'no'} (p = {comparison.p_value:.3g}"
-        f"{'; test images alone could give it' if comparison.images_could_explain else ''})",
+        significance_cell(comparison),
     ), strict=True))  # fmt: skip
 
 
 def headline_rows(
     cells: dict[Cell, list[Run]], stats: dict[Cell, Stats], comparisons: list[Comparison], keys: list[str]
 ) -> list[dict[str, Any]]:
-    """One row per (conv type, setting) of complete runs: seeds, test metrics (mean ± std), paired tests, cost."""
+    """One row per (conv type, setting) of complete runs: what was measured (data, test images, epochs, precision,
+    machine), test metrics (mean ± std over seeds), paired tests against the baseline, and the costs, each under a
+    header that names its definition."""
     by_cell = {(c.conv, c.setting): c for c in comparisons}
-    scale, unit = time_axis([s["time/fit_s"]["mean"] for s in stats.values() if "time/fit_s" in s])
+    columns = cost_columns(stats)
     rows = []
     for key, s in stats.items():
         conv, setting = key
-        seeds = sorted(r.seed for r in cells[key] if r.seed is not None)
-        row: dict[str, Any] = {"conv": conv, **({"setting": setting} if keys else {}),
-                               "seeds": ", ".join(map(str, seeds)) or "-",
-                               "precision": ", ".join(sorted({run_precision(r) for r in cells[key]}))}  # fmt: skip
-        row |= {f"test {k.split('/')[1]} (%)": cell(s.get(k), 100) for k in QUALITY}
+        row: dict[str, Any] = {"conv": conv, **({"setting": setting} if keys else {}), "seeds": seeds_text(cells[key]),
+                               **measured(cells[key])}  # fmt: skip
+        subset = " (on a subset of the test split)" if any(is_subset(r) for r in cells[key]) else ""
+        row |= {f"test {k.split('/')[1]} (%)": cell(s.get(k), 100) + subset for k in QUALITY}
         if conv == BASELINE_CONV:
             row |= dict.fromkeys(PAIRED, "(baseline)")
         elif key in by_cell:
             row |= paired_columns(by_cell[key])
-        else:
-            row |= dict.fromkeys(PAIRED, "not paired (see below)")
-        for metric, label, metric_scale, digits in COST:
-            figure = s.get(metric)
-            if figure is not None and figure["std"] == 0:  # the same in every seed (parameters, MACs): no "± 0"
-                figure = {**figure, "n": 1}
-            if metric == "time/fit_s":
-                row[f"{label} ({unit})"] = cell(figure, scale, digits)
-            else:
-                row[label] = cell(figure, metric_scale, digits)
+        else:  # one cell says so; the others stay empty rather than repeat it
+            row |= {PAIRED[0]: "not paired: see 'Not compared'", **dict.fromkeys(PAIRED[1:], "")}
+        for figure, label, scale in columns:
+            value = s.get(figure.key)
+            if value is not None and value["std"] == 0:  # the same in every seed (parameters, MACs): no "± 0"
+                value = {**value, "n": 1}
+            row[label] = cell(value, scale, None) if value is not None else "-"
         rows.append(row)
     return rows
 

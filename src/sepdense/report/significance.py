@@ -15,6 +15,10 @@ compared image by image, from the predictions each run saved:
   sign-flip test, which with n seeds can give no p below 2 / 2^n. The test over seeds takes each
   seed's accuracy as exact, so a difference over seeds is significant only if it also stands against
   the sampling of test images: the bootstrap interval of its mean over seeds must exclude 0.
+
+When a report makes more than one comparison (several conv types, settings or data sets), the
+verdicts' p-values are adjusted by Holm's step-down procedure across all of them, so that the
+chance of calling any true null difference significant stays at 5% for the whole report.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ from scipy import stats
 from sepdense.runs import Run
 
 CONFIDENCE = 0.95
+ALPHA = 0.05
+HOLM = (
+    "Holm's step-down procedure: the m p-values sorted from the smallest, p(1) ≤ … ≤ p(m), the i-th is "
+    "multiplied by m − i + 1, capped at 1, and raised to the largest adjusted value before it; a comparison is "
+    "significant when its adjusted p is below 5%"
+)
 
 
 class PairingError(ValueError):
@@ -65,6 +75,9 @@ class Comparison:
     pairs: list[PairResult] = field(default_factory=list)
     # Bootstrap 95% interval of the mean difference over seeds, resampling test images (None: one seed).
     images_interval: tuple[float, float] | None = None
+    # Holm-adjusted p across the report's comparisons (see ``adjust_by_holm``); None when the report makes one.
+    adjusted_p: float | None = None
+    comparisons_in_report: int = 1
 
     @property
     def differences(self) -> np.ndarray:
@@ -119,7 +132,39 @@ class Comparison:
         tiny p even when a handful of test images decide them. So the difference must also stand against
         the sampling of test images: its bootstrap interval (``images_interval``) must exclude 0.
         """
-        return self.p_value < 0.05 and not self.images_could_explain
+        return self.decisive_p < ALPHA and not self.images_could_explain
+
+    @property
+    def decisive_p(self) -> float:
+        """The p the verdict compares with 5%: Holm-adjusted when the report makes several comparisons."""
+        return self.p_value if self.adjusted_p is None else self.adjusted_p
+
+    def p_text(self) -> str:
+        """'p = 0.012' or, among several comparisons, 'p = 0.012, Holm-adjusted over 3 comparisons p = 0.036'."""
+        if self.adjusted_p is None:
+            return f"p = {self.p_value:.3g}"
+        return f"p = {self.p_value:.3g}, Holm-adjusted over {self.comparisons_in_report} comparisons p = " \
+               f"{self.adjusted_p:.3g}"  # fmt: skip
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given (see :data:`HOLM`)."""
+    m = len(p_values)
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, index in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def adjust_by_holm(comparisons: list[Comparison]) -> None:
+    """Set each comparison's Holm-adjusted p across all of ``comparisons``; nothing to adjust for one."""
+    if len(comparisons) < 2:
+        return
+    for comparison, adjusted in zip(comparisons, holm([c.p_value for c in comparisons]), strict=True):
+        comparison.adjusted_p = adjusted
+        comparison.comparisons_in_report = len(comparisons)
 
 
 def images_bootstrap(differences: list[np.ndarray], same_images: bool, seed: int = 0,
@@ -258,12 +303,36 @@ def compare(baseline_runs: list[Run], other_runs: list[Run], setting: str = "") 
     return comparison, problems
 
 
+def per_seed_evidence(comparison: Comparison) -> str:
+    """What the per-seed tests show: whether each pair of trained networks differs on these test images."""
+    n, conv = len(comparison.pairs), comparison.conv
+    mcnemar_count = sum(p.mcnemar_p < ALPHA for p in comparison.pairs)
+    excluding = [p for p in comparison.pairs if p.bootstrap_low > 0 or p.bootstrap_high < 0]
+    signs = {p.difference > 0 for p in excluding}
+    direction = f", each time with {conv} {'ahead' if signs.pop() else 'behind'}" if len(signs) == 1 else ""
+    return (f"Per seed, McNemar's p is below 5% in {mcnemar_count} of {n} and the bootstrap 95% interval excludes 0 "
+            f"in {len(excluding)} of {n}{direction}: evidence that these trained networks differ on these test "
+            f"images, not that another training of each conv type would.")  # fmt: skip
+
+
+def too_few_seeds(comparison: Comparison) -> str:
+    """Why two seeds cannot decide, and what to run; empty with one seed or three and more."""
+    if len(comparison.pairs) != 2:
+        return ""
+    return (f"Two seeds cannot support a test across trainings: the paired t-test has one degree of freedom (its 95% "
+            f"interval is the mean ± 12.7 × the standard error) and the sign-flip test cannot go below p = 0.5. "
+            f"Run at least 3 seeds of each conv type (e.g. seed=2 for {comparison.baseline} and "
+            f"{comparison.conv}).")  # fmt: skip
+
+
 def describe(comparison: Comparison) -> str:
     """The significance line of the findings, in words."""
     n = len(comparison.pairs)
     diffs = 100 * comparison.differences
     where = f" at {comparison.setting}" if comparison.setting else ""
     verdict = "significant" if comparison.significant else "not significant"
+    holm_note = (f"; Holm-adjusted over the report's {comparison.comparisons_in_report} comparisons p = "
+                 f"{comparison.adjusted_p:.3g}" if comparison.adjusted_p is not None else "")  # fmt: skip
     unknown = sum(p.test_fingerprint is None for p in comparison.pairs)
     caveat = (
         f" Test-split fingerprint unknown for {unknown} of the {n} pair(s) (runs saved before fingerprints were "
@@ -277,32 +346,34 @@ def describe(comparison: Comparison) -> str:
             f"{comparison.conv} vs {comparison.baseline}{where}: {diffs[0]:+.2f} points on {pair.images:,} test images "
             f"(bootstrap 95% interval {100 * pair.bootstrap_low:+.2f} to {100 * pair.bootstrap_high:+.2f}); "
             f"McNemar's exact test p = {pair.mcnemar_p:.3g} ({pair.only_other_right} images only {comparison.conv} "
-            f"got right, {pair.only_baseline_right} only {comparison.baseline}): {verdict} at 5% with one seed, "
-            f"which covers the sampling of test images but not the variation between training seeds.{caveat}"
+            f"got right, {pair.only_baseline_right} only {comparison.baseline}{holm_note}): {verdict} at 5% with one "
+            f"seed, which covers the sampling of test images but not the variation between training seeds.{caveat}"
         )
     mcnemar_ps = ", ".join(f"{p.mcnemar_p:.2g}" for p in comparison.pairs)
     if comparison.no_spread:
         test = (
             f"{diffs[0]:+.2f} points in each of {n} seeds (an identical difference in every seed: with no spread the "
             f"paired t-test is undefined; exact sign-flip test over seeds p = {comparison.p_value:.3g}, the smallest "
-            f"it can give with {n} seeds)"
+            f"it can give with {n} seeds{holm_note})"
         )
     else:
         _, low, high = comparison.t_test()
         test = (
             f"{diffs.mean():+.2f} ± {diffs.std(ddof=1):.2f} points over {n} seeds (paired t 95% interval "
-            f"{100 * low:+.2f} to {100 * high:+.2f}, p = {comparison.p_value:.3g})"
+            f"{100 * low:+.2f} to {100 * high:+.2f}, p = {comparison.p_value:.3g}{holm_note})"
         )
     images = ""
     if comparison.images_interval is not None:
         low, high = comparison.images_interval
         images = f"; over test images, bootstrap 95% interval of the mean {100 * low:+.2f} to {100 * high:+.2f}"
     why = ""
-    if comparison.p_value < 0.05 and comparison.images_could_explain:
+    if comparison.decisive_p < ALPHA and comparison.images_could_explain:
         why = " (the seeds agree, but the test images alone could give this difference)"
+    notes = [] if comparison.significant else [too_few_seeds(comparison), per_seed_evidence(comparison)]
+    explained = "".join(f" {note}" for note in notes if note)
     return (
         f"{comparison.conv} vs {comparison.baseline}{where}: {test}{images}: {verdict} at 5% over {n} seeds{why}. "
-        f"McNemar's p per seed: {mcnemar_ps}.{caveat}"
+        f"McNemar's p per seed: {mcnemar_ps}.{explained}{caveat}"
     )
 
 
@@ -316,7 +387,9 @@ def verdict(comparison: Comparison) -> str:
         test = "exact sign-flip test over seeds" if comparison.no_spread else "paired t-test over seeds"
         seeds = f"over {n} seeds"
     significant = "significant" if comparison.significant else "not significant"
-    if comparison.p_value < 0.05 and comparison.images_could_explain:
+    if comparison.decisive_p < ALPHA and comparison.images_could_explain:
         test += ", but test images alone could give the difference"
+    short = " (two seeds cannot support a test across trainings: run at least 3)" if too_few_seeds(comparison) \
+        and not comparison.significant else ""  # fmt: skip
     return (f"{comparison.conv} vs {comparison.baseline}{where}: {significant} at 5% {seeds} ({test}, "
-            f"p = {comparison.p_value:.3g}).")  # fmt: skip
+            f"{comparison.p_text()}){short}.")  # fmt: skip

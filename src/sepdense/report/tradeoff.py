@@ -2,22 +2,28 @@
 each conv type's Pareto front, and which conv type is ahead at equal cost.
 
 A sweep such as ``experiment=tradeoff`` (growth rate 6, 12, 24 × conv type) gives each conv type
-a curve of test accuracy against cost; comparing the two Pareto fronts at equal MACs or equal
+a curve of accuracy against cost; comparing the two Pareto fronts at equal MACs or equal
 measured training time says whether one conv type buys more accuracy for the same cost, which a
 single width cannot tell apart from "a narrower standard net would do the same".
+
+Which settings form a front is chosen on validation accuracy (``val/acc_best``, the score that chose
+each run's checkpoint); the fronts are then drawn and compared with those settings' test accuracy,
+so that the test set only measures what was chosen without it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
+from sepdense.report.recipe import setting_label
 from sepdense.runs import Run
 
-COSTS = {"model/macs": "MACs", "time/fit_s": "measured training time", "model/params": "parameters"}
+COSTS = {"model/macs": "MACs", "time/fit_s": "fit time", "model/params": "parameters"}
+COMPARED_AT_EQUAL = ("model/macs", "time/fit_s")  # parameters are drawn, not compared: MACs and time are the costs
+# The validation score that chooses each front: the best epoch's (the checkpoint tested), else the last epoch's.
+SELECTION = ("val/acc_best", "val/acc")
 
 
 @dataclass
@@ -37,36 +43,18 @@ class Point:
 
     @property
     def accuracy(self) -> float:
+        """Test accuracy, mean over seeds: what the report shows of a setting."""
         return self.mean("test/acc")
 
+    @property
+    def selection_key(self) -> str | None:
+        """The validation score every seed logged (:data:`SELECTION`), None when some seed logged neither."""
+        return next((key for key in SELECTION if self.has(key)), None)
 
-def dataset(run: Run) -> str:
-    """Which data a run used, from its config: the source's kind and, for files, the folder or archive name."""
-    config = OmegaConf.to_container(run.config, resolve=False) if run.config is not None else {}
-    source = (config.get("data") or {}).get("source")
-    if not isinstance(source, dict):
-        return "?"
-    kind = str(source.get("_target_", "?")).rsplit(".", 1)[-1]
-    root = source.get("root")  # as saved, unresolved: its last part names the folder or archive either way
-    return f"{kind}:{Path(str(root)).name}" if root else kind
-
-
-def _settings(run: Run) -> dict[str, str]:
-    """The network settings of a run and, as ``data``, its dataset: runs on different data never share a cell."""
-    model = OmegaConf.to_container(run.config.model, resolve=True) if run.config is not None else {}
-    return {**{k: str(v) for k, v in model.items() if k not in ("conv", "_target_")}, "data": dataset(run)}
-
-
-def varying_settings(runs: list[Run]) -> list[str]:
-    """The settings (model config keys, and ``data``) whose values differ between runs (apart from the conv type)."""
-    settings = [_settings(r) for r in runs]
-    keys = sorted({k for s in settings for k in s})
-    return [k for k in keys if len({s.get(k) for s in settings}) > 1]
-
-
-def setting_label(run: Run, keys: list[str]) -> str:
-    settings = _settings(run)
-    return ", ".join(f"{k}={settings.get(k)}" for k in keys)
+    @property
+    def validation(self) -> float:
+        """Validation accuracy, mean over seeds: what chooses the fronts."""
+        return self.mean(self.selection_key) if self.selection_key else -np.inf
 
 
 def points(groups: dict[str, list[Run]], keys: list[str]) -> dict[str, list[Point]]:
@@ -82,27 +70,32 @@ def points(groups: dict[str, list[Run]], keys: list[str]) -> dict[str, list[Poin
 
 
 def pareto_front(conv_points: list[Point], cost: str) -> list[Point]:
-    """The points no other point of the list beats on both cost (lower) and accuracy (higher), by cost."""
+    """The points no other point of the list beats on both cost (lower) and validation accuracy (higher), by cost.
+
+    Chosen on validation, never on test: a point without a validation score is on no front.
+    """
     front, best = [], -np.inf
-    for point in sorted((p for p in conv_points if p.has(cost)), key=lambda p: (p.mean(cost), -p.accuracy)):
-        if point.accuracy > best:
+    usable = (p for p in conv_points if p.has(cost) and p.selection_key is not None)
+    for point in sorted(usable, key=lambda p: (p.mean(cost), -p.validation)):
+        if point.validation > best:
             front.append(point)
-            best = point.accuracy
+            best = point.validation
     return front
 
 
-def _curve(conv_points: list[Point], cost: str) -> tuple[np.ndarray, np.ndarray]:
-    usable = sorted((p.mean(cost), p.accuracy) for p in conv_points if p.has(cost))
+def _curve(front: list[Point], cost: str) -> tuple[np.ndarray, np.ndarray]:
+    """log(cost) and test accuracy of a front's settings, by cost."""
+    usable = sorted((p.mean(cost), p.accuracy) for p in front)
     return np.log([c for c, _ in usable]), np.array([a for _, a in usable])
 
 
 def ahead_at_equal_cost(other: list[Point], baseline: list[Point], cost: str) -> str | None:
-    """Which conv type's Pareto front is ahead where both fronts cover the same cost.
+    """Which conv type's Pareto front is ahead in test accuracy where both fronts cover the same cost.
 
     Only each conv type's Pareto front counts (a setting that a cheaper one of the same conv type
-    beats is not what anyone would choose at its cost). Accuracy is interpolated linearly in
-    log(cost) between the settings of each front and compared at five costs spread over the range
-    both fronts cover. None when a front has fewer than two settings or the ranges do not overlap.
+    beats on validation is not what anyone would choose at its cost). The fronts' test accuracy is
+    interpolated linearly in log(cost) between their settings and compared at five costs spread over
+    the range both fronts cover. None when a front has fewer than two settings or the ranges do not overlap.
     """
     fronts = pareto_front(other, cost), pareto_front(baseline, cost)
     (x_other, y_other), (x_base, y_base) = (_curve(front, cost) for front in fronts)
@@ -121,7 +114,8 @@ def ahead_at_equal_cost(other: list[Point], baseline: list[Point], cost: str) ->
         verdict = f"{conv} is behind {base} by {-gaps.max():.2f} to {-gaps.min():.2f} points"
     else:
         verdict = f"neither is ahead throughout ({conv} − {base}: {gaps.min():+.2f} to {gaps.max():+.2f} points)"
-    return f"At equal {what} ({span}; the two Pareto fronts, interpolated between their settings): {verdict}."
+    return (f"At equal {what} ({span}; the two Pareto fronts, chosen on validation accuracy, in test accuracy "
+            f"interpolated between their settings): {verdict}.")  # fmt: skip
 
 
 def _format(cost: str, value: float) -> str:
