@@ -156,7 +156,7 @@ def test_a_broken_last_checkpoint_is_named_and_an_older_one_used(compose_train_c
     for path in (run_dir / "checkpoints").glob("*.ckpt"):
         path.write_bytes(b"not a checkpoint")
     with pytest.raises(Exception) as info:
-        train(compose_train_cfg(*SMOKE, "trainer.max_epochs=3", f"resume={run_dir}"))
+        train(compose_train_cfg(*SMOKE, "trainer.max_epochs=3", "test=false", f"resume={run_dir}"))
     message = str(find_user_error(info.value))
     assert message.startswith("None of the checkpoints in") and "cannot continue" in message
 

@@ -101,3 +101,41 @@ def test_trackers_json_of_a_handed_run_sends_nothing(smoke_run: tuple, tmp_path:
         assert (copy / "report" / "report.md").is_file(), result.stdout[-2000:]
         with pytest.raises(TimeoutError):
             listener.accept()
+
+
+def test_a_resume_that_would_change_the_run_is_refused_and_its_saved_config_kept(smoke_run: tuple,
+                                                                                   tmp_path: Path) -> None:  # fmt: skip
+    copy = tmp_path / "run"
+    shutil.copytree(smoke_run[0], copy, ignore=shutil.ignore_patterns("report"))
+    saved = {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    # The run was trained with debug=smoke's settings and separable convs; this command asks for other ones.
+    result = run_entry("train.py", "callbacks.progress_bar=null", "model.conv=standard", "optimizer.lr=0.05",
+                       f"resume={copy}", log_dir=tmp_path / "logs", check=False)  # fmt: skip
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[0].startswith(f"error: This command differs from the run it resumes ({copy / CONFIG_FILE}")
+    assert "model.conv: separable -> standard" in lines[0] and "optimizer.lr: 0.1 -> 0.05" in lines[0]
+    assert "; and " in lines[0] and " more." in lines[0]  # the defaults it left out (debug=smoke's) count as well
+    # Nothing in the run directory changed (its config, overrides, metrics, checkpoints), and nothing was added.
+    assert {p.relative_to(copy): p.read_bytes() for p in copy.rglob("*") if p.is_file()} == saved
+
+
+def test_a_failed_start_in_an_existing_folder_removes_only_what_it_made(tmp_path: Path) -> None:
+    """``hydra.run.dir`` pointing at a folder of the user's, with ``checkpoints/`` and ``tensorboard/`` of their own:
+    a mistake in the command (growth rate 0) stops the run, and every folder and file of theirs is still there."""
+    folder = tmp_path / "mine"
+    for name in ("checkpoints/notes.txt", "tensorboard/events.txt", "empty/.keep"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("the user's own\n")
+    (folder / "empty" / ".keep").unlink()
+    result = run_entry("train.py", *SMOKE, "model.growth_rate=0", f"hydra.run.dir={folder}", log_dir=tmp_path / "logs",
+                       check=False)  # fmt: skip
+    assert result.returncode == 1 and "growth_rate" in result.stderr
+    for name in ("checkpoints/notes.txt", "tensorboard/events.txt"):
+        assert (folder / name).read_text() == "the user's own\n"
+    assert (folder / "empty").is_dir()
+    assert not (folder / "environment.json").exists()  # what the run wrote is gone
+    # A run directory Hydra made for the failed run goes entirely.
+    result = run_entry("train.py", *SMOKE, "model.growth_rate=0", log_dir=tmp_path / "logs", check=False)
+    assert result.returncode == 1 and not list((tmp_path / "logs" / "train" / "runs").iterdir())

@@ -105,3 +105,24 @@ def test_resume_with_nothing_to_resume_stops_and_says_so(tmp_path: Path) -> None
     )
     assert "leave out resume=true" in result.stderr
     assert not (tmp_path / "train" / "runs").exists() or not list((tmp_path / "train" / "runs").iterdir())
+
+
+def test_a_run_resumed_with_more_epochs_is_recorded_as_extended(compose_train_cfg) -> None:
+    """Resumed with trainer.max_epochs above its plan, the run goes on, and metrics.json and the report say that it was
+    extended, not planned so (its learning-rate schedule was the shorter plan's until the resume)."""
+    from omegaconf import OmegaConf
+
+    from sepdense.runs import CONFIG_FILE, load_run
+    from sepdense.stopping import EXTENDED
+    from sepdense.train import train
+
+    cfg = compose_train_cfg(*SMOKE, "trainer.max_epochs=1", "test=false")
+    run_dir = Path(cfg.paths.output_dir)
+    (run_dir / CONFIG_FILE).parent.mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / CONFIG_FILE)  # what Hydra writes when the run starts
+    first = train(cfg)
+    assert EXTENDED not in first
+    extended = train(compose_train_cfg(*SMOKE, "trainer.max_epochs=2", "test=false", f"resume={run_dir}"))
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved[EXTENDED] == extended[EXTENDED] == 1 and saved["epochs_planned"] == 2 and saved["complete"]
+    assert load_run(run_dir).status == "complete (extended: planned for 1 epochs, continued to 2/2 epochs)"

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sepdense.runs import CHECKPOINT_DIR, OVERRIDES_FILE, is_run_dir
+from sepdense.runs import CHECKPOINT_DIR, CONFIG_FILE, OVERRIDES_FILE, is_run_dir
 
 RESUME_KEY = "resume"
 # Overrides that do not make a different run: a continued run or sweep may change them.
-NOT_THE_COMMAND = (RESUME_KEY, "time_limit")
+NOT_THE_COMMAND = (RESUME_KEY, "time_limit", "retry_failed")
+# What a resumed run may change besides these: where runs are kept (a run directory was named), and more epochs.
+NOT_THE_RUN = (*NOT_THE_COMMAND, "paths.log_dir")
+MORE_ALLOWED = "trainer.max_epochs"
 # Paths would nest directories in a job's name; they stay in its saved config. So do NOT_THE_COMMAND's keys.
 NOT_IN_JOB_NAMES = ("paths.root_dir", "paths.data_dir", "paths.log_dir", "data.source.root", "data.source.cache_dir",
                     "ckpt_path", *NOT_THE_COMMAND)  # fmt: skip
@@ -22,6 +28,10 @@ HASHED_IN_JOB_NAMES = ("paths.data_dir", "data.source.root", "data.source.cache_
 # What tells the runs of a comparison apart comes first in a job's name (TensorBoard's run list cuts long names).
 JOB_NAME_FIRST = ("model.conv", "seed")
 MULTIRUN_FILE = "multirun.yaml"
+# Longer job names become conv type, seed and a hash: the report adds file names to them, under the file system's
+# 255-byte limit on a name. Plain characters only (no '/', which would nest directories).
+JOB_NAME_MAX = 120
+PLAIN_NAME = re.compile(r"[\w.,=+\-\[\]:@%]+")
 
 
 def _key(override: object) -> str:
@@ -32,8 +42,11 @@ def _the_command(overrides: Sequence[str]) -> list[str]:
     return sorted(str(o) for o in overrides if _key(o) not in NOT_THE_COMMAND)
 
 
-def _is_true(resume: object) -> bool:
-    return resume in (True, "true", "True")
+def resume_request(resume: object) -> bool | Path:
+    """What ``resume`` asks for: False (a new run), True (the last run of the same command) or a run directory."""
+    if resume in (None, False, "false", "False", "null", ""):
+        return False
+    return True if resume in (True, "true", "True") else Path(str(resume))
 
 
 def _by_recency(run_dirs: list[Path]) -> list[Path]:
@@ -55,10 +68,11 @@ def run_dir(resume: object, runs_dir: str, new_dir: str, overrides: Sequence[str
     ``train``). A ``resume`` path that is not a run directory also gets ``new_dir``, where training
     stops with a clear error: raising here would surface as a traceback from inside Hydra.
     """
-    if resume in (None, False, "false", "False"):
+    request = resume_request(resume)
+    if request is False:
         return new_dir
-    if not _is_true(resume):
-        return str(resume) if is_run_dir(Path(str(resume))) else new_dir
+    if request is not True:
+        return str(request) if is_run_dir(request) else new_dir
     wanted = _the_command(overrides)
     candidates = [saved.parent.parent for saved in Path(runs_dir).glob(f"*/{OVERRIDES_FILE}")]
     for candidate in _by_recency([c for c in candidates if any((c / CHECKPOINT_DIR).glob("*.ckpt"))]):
@@ -81,7 +95,7 @@ def sweep_dir(resume: object, sweeps_dir: str, new_dir: str) -> str:
     command is read from the command line, where the sweep is launched: the answer is cached, and Hydra
     copies that cache into each job's config (whose own overrides are the job's, not the sweep's).
     """
-    if not _is_true(resume):
+    if resume_request(resume) is not True:
         return new_dir
     wanted = _the_command(command_line_overrides())
     for saved in sorted(Path(sweeps_dir).glob(f"*/{MULTIRUN_FILE}"), key=lambda p: p.stat().st_mtime_ns, reverse=True):
@@ -93,22 +107,107 @@ def sweep_dir(resume: object, sweeps_dir: str, new_dir: str) -> str:
     return new_dir
 
 
-def job_name(overrides: Sequence[str]) -> str:
-    """A sweep job's directory name: its overrides, conv type and seed first, then the rest in name order.
-
-    Data paths and checkpoints stay out of the name, as a short hash of them (jobs swept over
-    ``data.source.root=a,b`` must not share a directory); the log directories and what does not make
-    another run (``resume``, ``time_limit``) leave no trace in it.
-    """
+def _full_job_name(overrides: Sequence[str]) -> str:
     items = [str(o) for o in overrides if _key(o) not in NOT_IN_JOB_NAMES]
     first = [o for key in JOB_NAME_FIRST for o in items if _key(o) == key]
     name = ",".join(first + sorted(o for o in items if _key(o) not in JOB_NAME_FIRST)) or "defaults"
     hidden = sorted(str(o) for o in overrides if _key(o) in HASHED_IN_JOB_NAMES)
-    return f"{name},paths={hashlib.sha1('|'.join(hidden).encode()).hexdigest()[:8]}" if hidden else name
+    return f"{name},paths={_digest(hidden, 8)}" if hidden else name
+
+
+def _digest(items: Sequence[str], length: int) -> str:
+    return hashlib.sha1("|".join(items).encode()).hexdigest()[:length]
+
+
+def job_name(overrides: Sequence[str], sweep_dir: str | None = None) -> str:
+    """A sweep job's directory name: its overrides, conv type and seed first, then the rest in name order.
+
+    Data paths and checkpoints stay out of the name, as a short hash of them (jobs swept over
+    ``data.source.root=a,b`` must not share a directory); the log directories and what does not make
+    another run (``resume``, ``time_limit``) leave no trace in it. A name longer than ``JOB_NAME_MAX`` or
+    holding anything but plain characters is conv type and seed, then a hash of the rest (the whole
+    overrides stay in the job's .hydra/overrides.yaml). In ``sweep_dir`` (by default the sweep's, when Hydra
+    names a job; in a continued sweep), a job keeps the directory whose saved overrides are its own,
+    however it was named then.
+    """
+    if sweep_dir is None and HydraConfig.initialized():
+        sweep_dir = OmegaConf.select(HydraConfig.get(), "sweep.dir", default=None)
+    saved = _saved_job(overrides, sweep_dir)
+    if saved is not None:
+        return saved
+    name = _full_job_name(overrides)
+    if len(name) <= JOB_NAME_MAX and PLAIN_NAME.fullmatch(name):
+        return name
+    first = [str(o) for key in JOB_NAME_FIRST for o in overrides if _key(o) == key and PLAIN_NAME.fullmatch(str(o))]
+    rest = sorted(str(o) for o in overrides if _key(o) not in (*NOT_IN_JOB_NAMES, *JOB_NAME_FIRST)
+                  or _key(o) in HASHED_IN_JOB_NAMES or not PLAIN_NAME.fullmatch(str(o)))  # fmt: skip
+    return ",".join([*(o[:40] for o in first), f"overrides={_digest(rest, 12)}"])
+
+
+def _saved_job(overrides: Sequence[str], sweep_dir: str | None) -> str | None:
+    """The name of the job directory in ``sweep_dir`` that was started with these overrides, if any."""
+    if not sweep_dir or not Path(sweep_dir).is_dir():
+        return None
+    wanted = _the_command(overrides)
+    for saved in sorted(Path(sweep_dir).glob(f"*/{OVERRIDES_FILE}")):
+        if _the_command(OmegaConf.load(saved)) == wanted:
+            return saved.parent.parent.name
+    return None
+
+
+def saved_config_dir(resume: object, output_dir: str) -> str | None:
+    """Where Hydra saves the run's config (``hydra.output_subdir``): nowhere when a resume finds it already there.
+
+    A resume continues the run as it was: its saved config stays as it was written when the run
+    started (``train`` refuses a command that differs from it).
+    """
+    if resume_request(resume) is not False and (Path(output_dir) / CONFIG_FILE).is_file():
+        return None
+    return str(CONFIG_FILE.parent)
+
+
+def _leaves(config: Any, prefix: str = "") -> dict[str, Any]:
+    """'a.b.c' -> value of every leaf (lists are leaves), interpolations as written."""
+    if isinstance(config, DictConfig):
+        config = OmegaConf.to_container(config, resolve=False)
+    if not isinstance(config, Mapping) or not config:
+        return {prefix: config}
+    leaves: dict[str, Any] = {}
+    for name, value in config.items():
+        leaves.update(_leaves(value, f"{prefix}.{name}" if prefix else str(name)))
+    return leaves
+
+
+def run_differences(saved: DictConfig | Mapping, current: DictConfig, typed: Sequence[str]) -> list[str]:
+    """What this command's config (``current``) changes of a run's saved one, as ``key: saved -> now``.
+
+    Apart from ``NOT_THE_RUN`` and a larger ``trainer.max_epochs``. A setting only one of them has
+    (a key added to the project's configs since, or a test-only callback) counts only where this
+    command set it (``typed``: its overrides).
+    """
+    before, now = _leaves(saved), _leaves(current)
+    set_here = {_key(o) for o in typed}
+    differences = []
+    def typed_here(key: str) -> bool:
+        return any(key == k or key.startswith(f"{k}.") for k in set_here)
+
+    # What this command set first: the differences it means to make, before those of the defaults it left.
+    for key in sorted(before.keys() | now.keys(), key=lambda k: (not typed_here(k), k)):
+        if key in NOT_THE_RUN or key.split(".", 1)[0] in NOT_THE_RUN:
+            continue
+        if key == MORE_ALLOWED and isinstance(before.get(key), int) and isinstance(now.get(key), int):
+            if now[key] >= before[key]:
+                continue
+        elif (key not in before or key not in now) and not typed_here(key):
+            continue
+        if before.get(key, "(not set)") != now.get(key, "(not set)"):
+            differences.append(f"{key}: {before.get(key, '(not set)')} -> {now.get(key, '(not set)')}")
+    return differences
 
 
 def register() -> None:
-    for name, resolver in (("sepdense.run_dir", run_dir), ("sepdense.job_name", job_name)):
+    for name, resolver in (("sepdense.run_dir", run_dir), ("sepdense.job_name", job_name),
+                           ("sepdense.saved_config_dir", saved_config_dir)):  # fmt: skip
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
     if not OmegaConf.has_resolver("sepdense.sweep_dir"):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from sepdense.stopping import EXTENDED, FAILURE, is_complete
 from sepdense.tables import write_json
 
 CONFIG_FILE = Path(".hydra") / "config.yaml"
@@ -32,6 +33,8 @@ BEST_CHECKPOINT = "best.ckpt"
 TENSORBOARD_DIR = "tensorboard"
 REPORT_DIR = "report"
 LOG_FILE = "train.log"
+# The folders a run (its loggers, Hydra) writes into.
+RUN_FOLDERS = (CONFIG_FILE.parent.name, TENSORBOARD_DIR, CHECKPOINT_DIR, "csv", "mlflow", "wandb")
 # What test predictions say about the data they were made on (see write_predictions).
 DATA_IDENTITY = ("data_source", "test_fingerprint")
 # Per-epoch scalars that make the learning curves.
@@ -58,24 +61,54 @@ def has_results(run_dir: Path) -> bool:
     return (run_dir / TENSORBOARD_DIR).is_dir() and bool(read_curves(run_dir / TENSORBOARD_DIR, tags=None))
 
 
-def remove_run_without_results(run_dir: Path) -> None:
-    """After a start that failed before saving results: delete what a run writes, then the directory if empty.
+def contents(run_dir: Path) -> set[Path]:
+    """What is in a run directory now: its entries, and what is inside those of them a run writes into.
 
-    Only the run's own files (Hydra's ``.hydra``, the log, the environment, an empty TensorBoard or
-    checkpoint folder) go; anything else in the directory (``hydra.run.dir=.`` is someone's working
-    directory) stays, and so does the directory then. Nothing happens where results exist.
+    Taken when a run starts, so that a failed start removes only what it added (``remove_run_without_results``).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return set()
+    entries = set(run_dir.iterdir())
+    return entries.union(*(set(p.rglob("*")) for p in entries if p.name in RUN_FOLDERS and p.is_dir()))
+
+
+def remove_run_without_results(run_dir: Path, before: set[Path]) -> None:
+    """After a start that failed before saving results: delete what this run added, then the directory if empty.
+
+    ``before``: ``contents(run_dir)`` when the run started. Hydra's config and log (written just before)
+    go only where the directory held nothing else then: Hydra made it for this run. A directory that
+    held anything (``hydra.run.dir`` pointing at someone's folder, with their ``checkpoints/``) keeps all
+    of it, folders included. Nothing happens where results exist.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or has_results(run_dir):
         return
-    for name in (CONFIG_FILE.parent.name, LOG_FILE, ENVIRONMENT_FILE, TENSORBOARD_DIR, CHECKPOINT_DIR):
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
+    made_for_this_run = all(p.parent == run_dir and (p.name == CONFIG_FILE.parent.name or p.suffix == ".log")
+                            for p in before if p.parent == run_dir)  # fmt: skip
+    added = [p for p in contents(run_dir) if made_for_this_run or p not in before]
+    for path in sorted(added, key=lambda p: len(p.parts), reverse=True):  # what is inside a folder first
+        if not path.is_dir() or path.is_symlink():
             path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        run_dir.rmdir()  # only if nothing else is in it
+        elif path.parent == run_dir and path not in before:
+            shutil.rmtree(path, ignore_errors=True)  # a folder this run made, with all in it
+        else:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # emptied of what this run added to it
+    if made_for_this_run:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()  # only if nothing else is in it
+
+
+def failed_runs(root: Path) -> list[tuple[str, str]]:
+    """(name, reason) of every run at or below ``root`` whose metrics.json records that it failed."""
+    failed = []
+    for run_dir in find_run_dirs(root):
+        with contextlib.suppress(OSError, ValueError):
+            reason = json.loads((run_dir / METRICS_FILE).read_text()).get(FAILURE)
+            if reason:
+                failed.append((run_dir.name, str(reason)))
+    return failed
 
 
 def last_checkpoint(run_dir: Path) -> Path:
@@ -209,11 +242,15 @@ def load_run(path: Path, root: Path | None = None) -> Run:
         run.epochs_done, run.epochs_planned = run.metrics.get("epochs_done"), run.metrics.get("epochs_planned")
         run.stopped_by = run.metrics.get("stopped_by")
         # Saved before `complete` was recorded: complete. Early stopping ends a run by its own rule: complete too.
-        if run.metrics.get("complete", True) is not True:
+        if run.metrics.get(FAILURE):
+            run.status = f"failed ({run.metrics[FAILURE]})"
+        elif not is_complete(run.metrics):
             done = f"{run.progress} done; " if run.progress else ""
             run.status = f"in progress ({done}stopped by {run.stopped_by or 'an interruption'})"
         elif run.stopped_by == "early_stopping":
             run.status = f"complete (early stopping after {run.progress}: complete by its own rule)"
+        elif run.metrics.get(EXTENDED):
+            run.status = f"complete (extended: planned for {run.metrics[EXTENDED]} epochs, continued to {run.progress})"
         if (path / CONFUSION_FILE).is_file():
             saved = json.loads((path / CONFUSION_FILE).read_text())
             run.confusion, run.class_names = np.array(saved["matrix"]), list(saved["class_names"])

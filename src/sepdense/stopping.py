@@ -20,6 +20,9 @@ INVOCATION_START = time.monotonic()
 TIME_LIMIT_FORMAT = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")
 # The exit status of a command stopped by its time limit (as coreutils' `timeout` uses).
 TIME_LIMIT_EXIT = 124
+# metrics.json's keys for a run that failed (the reason, and whether running it again would fail the same way) and
+# for one continued past the epochs it was planned for (those it was planned for).
+FAILURE, FAILURE_REPEATS, EXTENDED = "failure", "failure_repeats", "extended_from_epochs"
 
 
 def time_limit_seconds(limit: Any) -> float | None:
@@ -60,6 +63,11 @@ def completion(epochs_done: int, epochs_planned: int | None, steps_done: int, st
 def interrupted(epochs_done: int, epochs_planned: int | None, by: str) -> dict[str, Any]:
     """The record of a run stopped by a signal or the time limit before its end."""
     return {"complete": False, "epochs_done": epochs_done, "epochs_planned": epochs_planned, "stopped_by": by}
+
+
+def failed(reason: str, repeats: bool) -> dict[str, Any]:
+    """The record of a run that failed: not complete, why, and whether a resume would only fail again."""
+    return {"complete": False, "stopped_by": "failure", FAILURE: reason, FAILURE_REPEATS: repeats}
 
 
 def is_complete(metrics: dict[str, Any]) -> bool:

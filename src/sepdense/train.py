@@ -22,13 +22,18 @@ from sepdense.checkpoints import load_checkpoint, newest_loadable
 from sepdense.cli import find_user_error, quiet_libraries
 from sepdense.errors import ConfigError, RunInterrupted
 from sepdense.measure import environment
-from sepdense.module import ImageClassifier
+from sepdense.module import ImageClassifier, NonFiniteLossError
 from sepdense.precision import resolve_precision, scalars
+from sepdense.resolvers import resume_request, run_differences
 from sepdense.runs import (
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     ENVIRONMENT_FILE,
     METRICS_FILE,
+    contents,
+    has_results,
     is_run_dir,
+    read_config,
     remove_run_without_results,
     write_confusion,
     write_environment,
@@ -36,7 +41,17 @@ from sepdense.runs import (
     write_predictions,
 )
 from sepdense.runtime import reuse_freed_memory
-from sepdense.stopping import TIME_LIMIT_EXIT, completion, interrupted, is_complete, time_left
+from sepdense.stopping import (
+    EXTENDED,
+    FAILURE,
+    FAILURE_REPEATS,
+    TIME_LIMIT_EXIT,
+    completion,
+    failed,
+    interrupted,
+    is_complete,
+    time_left,
+)
 from sepdense.tracking import build_loggers, finish_tracking
 
 log = logging.getLogger(__name__)
@@ -61,16 +76,16 @@ def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     if cfg.get("ckpt_path"):
         load_checkpoint(cfg.ckpt_path, mmap=True)
         return str(cfg.ckpt_path)
-    resume = cfg.get("resume")
-    if resume in (None, False, "false", "False"):
+    request = resume_request(cfg.get("resume"))
+    if request is False:
         return None
-    if resume not in (True, "true", "True") and not is_run_dir(Path(str(resume))):
+    if request is not True and not is_run_dir(request):
         raise ConfigError(
-            f"resume={resume} is not a run directory (it has no .hydra/config.yaml); give a directory under "
+            f"resume={request} is not a run directory (it has no .hydra/config.yaml); give a directory under "
             f"logs/train/runs, or resume=true for the last run of the same command."
         )
     candidates = list((output_dir / CHECKPOINT_DIR).glob("*.ckpt"))
-    if not candidates and resume in (True, "true", "True"):
+    if not candidates and request is True:
         if is_multirun():  # a job of a continued sweep that had not saved anything yet starts (again)
             return None
         raise ConfigError(nothing_to_resume(cfg))
@@ -113,7 +128,8 @@ def continue_command() -> str:
     return " ".join(["python train.py", *(a for a in argv if not a.lstrip("+~").startswith("resume=")), "resume=true"])
 
 
-def stop_interrupted(callbacks: list[Any], trainer: pl.Trainer, output_dir: Path, err: BaseException) -> None:
+def stop_interrupted(callbacks: list[Any], trainer: pl.Trainer, output_dir: Path, err: BaseException,
+                     record: dict[str, Any]) -> None:  # fmt: skip
     """After a signal or the time limit stopped fitting: record the run as unfinished, and stop with one line
     that says what was saved and how to continue (exit status 124 for the time limit, 128 + N for signal N)."""
     interruption = next((c for c in callbacks if isinstance(c, Interruption)), None)
@@ -123,7 +139,7 @@ def stop_interrupted(callbacks: list[Any], trainer: pl.Trainer, output_dir: Path
     by = "time_limit" if time_limit is not None else "signal"
     if trainer.is_global_zero:
         last = {k: v for k, v in scalars(trainer.callback_metrics).items() if not k.startswith("test/")}
-        write_metrics(output_dir, last | interrupted(trainer.current_epoch, trainer.max_epochs, by))
+        write_metrics(output_dir, last | interrupted(trainer.current_epoch, trainer.max_epochs, by) | record)
     saved = (f"saved epoch {trainer.current_epoch + 1} of {trainer.max_epochs}, step {trainer.global_step}, in "
              f"{interruption.saved}" if interruption.saved else "nothing new to save")  # fmt: skip
     if time_limit is not None:
@@ -134,34 +150,101 @@ def stop_interrupted(callbacks: list[Any], trainer: pl.Trainer, output_dir: Path
     raise RunInterrupted(f"{what}: {saved}. Continue with: {continue_command()}", exit_code=code) from err
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the model of ``cfg``, test its best checkpoint, save and return the final metrics."""
+def check_same_run(cfg: DictConfig, output_dir: Path) -> None:
+    """Refuse, in one line, to resume a run with a command that would change it (its saved config wins)."""
+    typed = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    differences = run_differences(read_config(output_dir), cfg, typed)
+    if differences:
+        shown = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more" if len(differences) > 6 else "")
+        raise ConfigError(
+            f"This command differs from the run it resumes ({output_dir / CONFIG_FILE}, as saved -> now): {shown}. A "
+            f"resume continues a run as it was (only resume, time_limit and a larger trainer.max_epochs may change): "
+            f"give the run's own settings, or start a new run without resume=."
+        )
+
+
+def extension(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """``{extended_from_epochs: N}`` for a run resumed with more epochs than it was planned for (its saved config).
+
+    Such a run is recorded as extended, not as one planned for the new count: the learning-rate
+    schedule, computed for the new count from here on, was the shorter one's until now.
+    """
+    planned = OmegaConf.select(read_config(output_dir), "trainer.max_epochs", default=None)
+    now = cfg.trainer.max_epochs
+    if not isinstance(planned, int) or not isinstance(now, int) or now <= planned or planned < 0:
+        return {}
+    log.warning("trainer.max_epochs=%d extends a run planned for %d epochs: from here on the learning-rate schedule "
+                "is that of a %d-epoch run (until now it was the %d-epoch one), and metrics.json records it as "
+                "%s=%d, not as a %d-epoch run.", now, planned, now, planned, EXTENDED, planned, now)  # fmt: skip
+    return {EXTENDED: planned}
+
+
+def record_failure(output_dir: Path, error: BaseException) -> dict[str, Any]:
+    """Write into the run's metrics.json that it failed and why (keeping what it recorded before); return that."""
+    path = output_dir / METRICS_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    # A diverged loss diverges again from the same checkpoint; a missing file or a full disk may be fixed meanwhile.
+    record = saved | failed(str(error), repeats=isinstance(error, NonFiniteLossError))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(output_dir, record)
+    return record
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the model of ``cfg``, test its best checkpoint, save and return the final metrics.
+
+    A mistake or a diverged loss ends a single run with the error (after removing what a failed start
+    added, or recording the failure in metrics.json where the run had results). In a sweep, the job is
+    recorded as failed and its record returned, so that the sweep goes on to its other jobs.
+    """
     quiet_libraries()
     output_dir = Path(cfg.paths.output_dir)
+    before = contents(output_dir)
     # An earlier run's directory (resumed) has its environment.json; its log and config are kept whatever happens.
-    created_here = not (output_dir / ENVIRONMENT_FILE).exists()
+    resumed = (output_dir / ENVIRONMENT_FILE).exists()
+    started: list[bool] = []
     try:
-        return _train(cfg, output_dir)
+        return _train(cfg, output_dir, started)
     except Exception as err:
-        # A mistake found before anything was saved leaves no empty run directory behind.
-        if find_user_error(err) is not None and created_here:
-            remove_run_without_results(output_dir)
+        error = find_user_error(err)
+        if error is None or isinstance(error, RunInterrupted):  # a stop on a signal or the time limit ends a sweep
+            raise
+        if is_multirun():
+            print(f"error: {error} ({output_dir.name} recorded as failed; the sweep goes on)", file=sys.stderr)
+            if started or not (output_dir / METRICS_FILE).is_file():
+                return record_failure(output_dir, error)
+            return failed(str(error), repeats=False)  # refused before it started: the run's files stay as they were
+        if started and (resumed or has_results(output_dir)):
+            record_failure(output_dir, error)
+        elif not resumed:
+            remove_run_without_results(output_dir, before)
         raise
 
 
-def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+def _train(cfg: DictConfig, output_dir: Path, started: list[bool]) -> dict[str, Any]:
     if cfg.get("reuse_freed_memory", True) and not reuse_freed_memory():
         log.info("reuse_freed_memory has no effect here: the C library is not glibc.")
     left = time_left(cfg.get("time_limit"))
     if left is not None and left <= 0:
         raise RunInterrupted(f"Time limit time_limit={cfg.time_limit} reached before {output_dir.name} started: not "
                              f"started. Continue with: {continue_command()}", exit_code=TIME_LIMIT_EXIT)  # fmt: skip
-    if cfg.get("resume") and (output_dir / METRICS_FILE).is_file():
+    resuming = resume_request(cfg.get("resume")) is not False and is_run_dir(output_dir)
+    if resuming:
+        check_same_run(cfg, output_dir)
+    if resuming and (output_dir / METRICS_FILE).is_file():
         saved = json.loads((output_dir / METRICS_FILE).read_text())
         # A finished job of a continued sweep: nothing is trained or tested again. Asked for more epochs, it goes on.
         if is_complete(saved) and saved.get("epochs_planned") == cfg.trainer.max_epochs:
             log.info("%s is complete (%s): not trained or tested again.", output_dir, saved.get("stopped_by", "done"))
             return saved
+        if saved.get(FAILURE_REPEATS) and not cfg.get("retry_failed"):
+            message = (f"{output_dir.name} failed before ({saved[FAILURE]}), for a reason that would repeat: not run "
+                       f"again; add retry_failed=true to run it again.")  # fmt: skip
+            if not is_multirun():
+                raise ConfigError(message)
+            log.warning(message)
+            return saved
+    record = extension(cfg, output_dir) if resuming else {}
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
     ckpt_path = checkpoint_to_resume(cfg, output_dir)
@@ -173,6 +256,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     with open_dict(cfg):
         cfg.trainer.precision = precision
     write_environment(output_dir, environment() | {"precision": precision})
+    started.append(True)
 
     datamodule: pl.LightningDataModule = hydra.utils.instantiate(cfg.data)
     net_config = {**OmegaConf.to_container(cfg.model, resolve=True), "num_classes": datamodule.num_classes}
@@ -201,7 +285,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except BaseException as err:
-        stop_interrupted(callbacks, trainer, output_dir, err)
+        stop_interrupted(callbacks, trainer, output_dir, err, record)
         raise
     metrics = scalars(trainer.callback_metrics)  # the last epoch's train and val metrics
     for callback in callbacks:
@@ -230,6 +314,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
             metrics.update(callback.summary())
     metrics["best_checkpoint"] = best
     metrics["precision"] = str(precision)
+    metrics |= record
     if trainer.is_global_zero:
         write_metrics(output_dir, metrics)
         if "test" in module.confusion:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from omegaconf import DictConfig
 
 from sepdense.report.build import write_report
 from sepdense.report.headline import run_summary
-from sepdense.runs import REPORT_DIR
+from sepdense.runs import REPORT_DIR, failed_runs
 from sepdense.tracking import log_report
 
 
@@ -31,6 +32,14 @@ class ReportCallback(Callback):
         root = Path(config.hydra.sweep.dir)
         if self._write(root):
             print(sweep_summary(root))
+        # Failed jobs were recorded and the sweep went on; its exit status says that some failed.
+        failed = failed_runs(root)
+        if failed:
+            listed = "; ".join(f"{name}: {reason}" for name, reason in failed)
+            print(f"error: {len(failed)} job(s) of the sweep failed ({listed}); the others ran. A resume=true of the "
+                  f"same command runs them again, except those whose loss diverged (add retry_failed=true).",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(1)
 
     @staticmethod
     def _write(root: Path, loggers: DictConfig | None = None) -> bool:
