@@ -104,7 +104,7 @@ def run_benchmark(cfg: DictConfig) -> dict:
                  p["compile_modes"])  # fmt: skip
         speed = benchmark_speed(model_kwargs, device, **p, command_overrides=model_and_data_overrides())
         results["levels"]["speed"], results["levels"]["speed_comparison"] = speed["rows"], speed["comparison"]
-        results["summary"]["speed"] = {"fastest": speed["fastest"], "skipped": speed["skipped"]}
+        results["summary"]["speed"] = {"fastest": speed["fastest"], "skipped": speed["skipped"], "peak": speed["peak"]}
         title = f"Training step, batch {p['batch']}: every way to run it, and the projected training run"
         tables[title] = markdown_table(speed["rows"], TABLE_COLUMNS) + describe(speed, p["projection"], p["loss_rtol"])
         tables["Training step: ratios"] = markdown_table(speed["comparison"])

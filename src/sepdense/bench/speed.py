@@ -4,8 +4,14 @@ to the time of the default training run, ending with the training command of the
 Modes: ``eager``; ``compiled`` (``module.compile``, once per mode of ``compile_modes``); ``graphed``
 (``module.cuda_graph``: forward and backward replayed from one CUDA graph); ``compiled+graphed`` (the
 compiled network inside that graph). Each step is the training module's own loss with SGD (Nesterov
-momentum, weight decay; fused where the graphed step uses it) on one fixed batch, in bf16 autocast on
-a GPU (as ``trainer.precision=auto`` gives) and fp32 on CPU.
+momentum, weight decay; fused where the graphed step uses it) on one fixed batch, in the precision
+``trainer.precision=auto`` gives on this device (bf16 autocast on a GPU or a CPU with bf16 instructions,
+fp32 elsewhere); ``precisions`` adds eager rows in other precisions (e.g. 32-true).
+
+On a CPU, ``jobs`` adds eager rows of several one-job-per-process runs at once (as
+``hydra/launcher=local_parallel`` runs a sweep), each with cores ÷ jobs threads: they start their timed
+steps together and keep stepping until all have finished, so each is timed under the others' load. Every
+row also gives the share of the machine's peak bf16 matrix-multiply rate that its training step reaches.
 
 Every measurement runs in a fresh process (``python -m sepdense.bench.speed``) with Inductor's disk
 caches off, so compile caches, memory and the allocator setting of one cannot help or hurt another;
@@ -24,15 +30,19 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 
 from sepdense.errors import ConfigError
-from sepdense.measure import synchronized_clock, time_ms
-from sepdense.models import BASELINE_CONV, ordered_conv_types
+from sepdense.measure import count_macs, synchronized_clock, time_ms
+from sepdense.models import BASELINE_CONV, DenseNet, ordered_conv_types
 from sepdense.module import ImageClassifier
 from sepdense.optim import param_groups
+from sepdense.precision import resolve_precision
 from sepdense.runtime import (
     CUDA_GRAPH_COMPILE_MODES,
     GraphedStep,
@@ -45,11 +55,19 @@ MODES = ("eager", "compiled", "graphed", "compiled+graphed")
 # Steps from the same initial weights on the same batch whose losses every mode records and the parent
 # compares with eager's: enough for GraphedStep's 3 warm-up steps, its capture and two replays.
 CHECK_STEPS = 6
+# A training step costs about three forward passes (the backward computes gradients of inputs and of weights),
+# and a multiply-accumulate is two floating-point operations.
+TRAIN_FLOPS_PER_MAC = 6
+# Seconds concurrent jobs wait for each other at the start of their timing before giving up.
+BARRIER_TIMEOUT_S = 600
 
 
-def settings(modes: Sequence[str], compile_modes: Sequence[str], device: str, batches: Sequence[int]
+def settings(modes: Sequence[str], compile_modes: Sequence[str], device: str, batches: Sequence[int],
+             precisions: Sequence[str] = ("auto",), jobs: Sequence[int] = (1,)
              ) -> tuple[list[dict], list[dict]]:  # fmt: skip
-    """What to measure: one setting per (batch, mode, compile mode, allocator); and what is left out, with why."""
+    """What to measure: one setting per (batch, mode, compile mode, allocator), in the precision training uses
+    (``auto``); eager also in each other of ``precisions`` and, on a CPU at the training batch, as each number
+    of ``jobs`` at once. Returns the settings and what is left out, with why."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ConfigError(f"speed_level.modes has unknown modes {unknown}; choose from {list(MODES)}.")
@@ -60,11 +78,15 @@ def settings(modes: Sequence[str], compile_modes: Sequence[str], device: str, ba
             raise ConfigError(f"speed_level.compile_modes: {error}") from None
     if any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in batches):
         raise ConfigError(f"speed_level.batches={list(batches)} must be positive whole numbers.")
+    if any(not isinstance(j, int) or isinstance(j, bool) or j < 1 for j in jobs):
+        raise ConfigError(f"speed_level.jobs={list(jobs)} must be positive whole numbers.")
     chosen, skipped = [], []
+    auto = resolve_precision("auto", device)
     for batch in dict.fromkeys(batches):  # the training batch first, then the other recipes
         for mode in modes:
             for compile_mode in compile_modes if mode.startswith("compiled") else [None]:
-                setting = {"mode": mode, "compile_mode": compile_mode, "allocator": "reuse", "batch": batch}
+                setting = {"mode": mode, "compile_mode": compile_mode, "allocator": "reuse", "batch": batch,
+                           "precision": "auto", "jobs": 1}  # fmt: skip
                 if mode == "compiled+graphed":
                     try:
                         check_compile_with_cuda_graph(compile_mode, cuda_graph=True)
@@ -76,22 +98,40 @@ def settings(modes: Sequence[str], compile_modes: Sequence[str], device: str, ba
                     skipped.append({**setting, "why": f"no CUDA: nothing to capture, it runs as {runs_as}"})
                     continue
                 chosen.append(setting)
-                if mode == "eager" and device == "cpu":  # glibc's allocator matters on CPU only
+                if mode != "eager":
+                    continue
+                if device == "cpu":  # glibc's allocator matters on CPU only
                     chosen.append({**setting, "allocator": "default"})
+                for precision in dict.fromkeys(p for p in precisions if p != "auto"):
+                    if precision == auto:
+                        skipped.append({**setting, "precision": precision, "why": f"auto is {auto} here"})
+                    else:
+                        chosen.append({**setting, "precision": precision})
+                for n in dict.fromkeys(j for j in jobs if j > 1):
+                    if device != "cpu":
+                        skipped.append({**setting, "jobs": n, "why": "jobs at once are measured on a CPU"})
+                    elif batch == batches[0]:
+                        chosen.append({**setting, "jobs": n})
     return chosen, skipped
 
 
 def label(setting: dict) -> str:
-    """``compiled (default) + graphed``, ``eager, glibc's default allocator``, ..."""
+    """``compiled (default) + graphed``, ``eager, glibc's default allocator``, ``eager, 32-true``,
+    ``eager, 2 jobs at once``, ..."""
     compiled = f"compiled ({setting['compile_mode']})"
     text = {"eager": "eager", "compiled": compiled, "graphed": "graphed",
             "compiled+graphed": f"{compiled} + graphed"}[setting["mode"]]  # fmt: skip
-    return text + (", glibc's default allocator" if setting["allocator"] == "default" else "")
+    text += ", glibc's default allocator" if setting["allocator"] == "default" else ""
+    text += f", {setting['precision']}" if setting.get("precision", "auto") != "auto" else ""
+    return text + (f", {setting['jobs']} jobs at once" if setting.get("jobs", 1) > 1 else "")
 
 
 def training_command(conv: str, setting: dict, channels_last: bool, overrides: Sequence[str]) -> str:
-    """The ``train.py`` command that trains the way ``setting`` ran."""
-    args = [f"model.conv={conv}", *(o for o in overrides if not o.startswith("model.conv="))]
+    """The ``train.py`` command that trains the way ``setting`` ran (several jobs at once: a sweep of seeds)."""
+    jobs = setting.get("jobs", 1)
+    sweep = ["-m", "hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+    seeds = [f"seed={','.join(map(str, range(jobs)))}"] if jobs > 1 else []
+    args = [*sweep, f"model.conv={conv}", *seeds, *(o for o in overrides if not o.startswith("model.conv="))]
     if setting["compile_mode"]:
         args.append(f"module.compile={setting['compile_mode']}")
     if setting["mode"].endswith("graphed"):
@@ -100,19 +140,20 @@ def training_command(conv: str, setting: dict, channels_last: bool, overrides: S
         args.append("module.channels_last=false")
     if setting["allocator"] == "default":
         args.append("reuse_freed_memory=false")
+    if setting.get("precision", "auto") != "auto":
+        args.append(f"trainer.precision={setting['precision']}")
     return "python train.py " + " ".join(args)
 
 
-def training_step(module: ImageClassifier, graphed: bool, images: torch.Tensor, labels: torch.Tensor
-                  ) -> tuple[Callable[[], torch.Tensor], GraphedStep | None]:  # fmt: skip
-    """One optimizer step of ``module`` on a fixed batch, as training runs it; returns the step (giving the loss
-    before the update, unsynchronised) and the GraphedStep when graphed."""
+def training_step(module: ImageClassifier, graphed: bool, images: torch.Tensor, labels: torch.Tensor,
+                  use_bf16: bool) -> tuple[Callable[[], torch.Tensor], GraphedStep | None]:  # fmt: skip
+    """One optimizer step of ``module`` on a fixed batch, as training runs it (in bf16 autocast if ``use_bf16``);
+    returns the step (giving the loss before the update, unsynchronised) and the GraphedStep when graphed."""
     fused = {"fused": True} if graphed else {}  # as ImageClassifier.configure_optimizers gives the graphed path
     optimizer = torch.optim.SGD(param_groups(module.net), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                                 **fused)  # fmt: skip
     graphed_step = GraphedStep(module.loss_and_logits, list(module.net.parameters())) if graphed else None
     device_type = images.device.type
-    use_bf16 = device_type == "cuda" and torch.cuda.is_bf16_supported()  # decided once, outside the timed step
 
     def step() -> torch.Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -166,11 +207,17 @@ def cuda_graph_use(device: str, compile_mode: str | None, graphed_step: GraphedS
 
 
 def measure_step(model_kwargs: dict, conv: str, mode: str, compile_mode: str | None, allocator: str, device: str,
-                 batch: int, eval_batch: int, channels_last: bool, min_run_time: float) -> dict:  # fmt: skip
+                 batch: int, eval_batch: int, channels_last: bool, min_run_time: float, precision: str = "auto",
+                 jobs: int = 1, threads: int | None = None, barrier: str | None = None) -> dict:  # fmt: skip
     """In this process: the losses of the first steps, the steady training step, the evaluation forward at
-    ``eval_batch`` (as validation and test run it), compile time apart, and whether CUDA graphs were used."""
+    ``eval_batch`` (as validation and test run it), compile time apart, and whether CUDA graphs were used.
+
+    With ``barrier`` (a directory shared by ``jobs`` processes), the timing starts when all are ready and each
+    keeps stepping after its own timing until all are done, so every one is timed under the others' load."""
     if allocator == "reuse":
         reuse_freed_memory()
+    if threads:
+        torch.set_num_threads(threads)
     skips = CudaGraphSkips()
     graphed = mode.endswith("graphed")
     torch.manual_seed(0)  # the same initial weights and batches in every process, whatever the device
@@ -184,13 +231,18 @@ def measure_step(model_kwargs: dict, conv: str, mode: str, compile_mode: str | N
     ).to(device)
     images, labels = torch.randn(batch, 3, 32, 32).to(device), torch.randint(0, 10, (batch,)).to(device)
     eval_images = torch.randn(eval_batch, 3, 32, 32).to(device)
-    use_bf16 = device == "cuda" and torch.cuda.is_bf16_supported()  # as training_step decides it
-    step, graphed_step = training_step(module, graphed, images, labels)
+    resolved = resolve_precision(precision, device)  # as training resolves trainer.precision
+    use_bf16 = str(resolved).startswith("bf16")
+    step, graphed_step = training_step(module, graphed, images, labels, use_bf16)
     start = synchronized_clock(images.device)
     losses = [float(step())]  # compiles the training graphs (compiled modes)
     first_step_s = synchronized_clock(images.device) - start
     losses += [float(step()) for _ in range(CHECK_STEPS - 1)]  # warm-up, capture and replays (graphed modes)
+    if barrier:
+        wait_for_all(Path(barrier), "ready", jobs)
+    timed_from = time.time()
     step_ms = time_ms(step, min_run_time)
+    timed_to = time.time()
 
     def evaluate() -> None:
         with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -203,14 +255,40 @@ def measure_step(model_kwargs: dict, conv: str, mode: str, compile_mode: str | N
     for _ in range(2):  # Inductor's CUDA graphs warm up, then record
         evaluate()
     eval_ms = time_ms(evaluate, min_run_time / 2)
+    if barrier:
+        module.train()
+        wait_for_all(Path(barrier), "done", jobs, keep_busy=step)
     compile_s = max(0.0, first_step_s - step_ms / 1000) + max(0.0, first_eval_s - eval_ms / 1000)
     return {
+        "timed": [timed_from, timed_to],  # wall-clock window of the step timing (concurrent jobs overlap in it)
+        "precision": str(resolved),
         "step_ms": step_ms,
         "eval_ms": eval_ms,
         "compile_s": compile_s if compile_mode else None,
         "losses": losses,
         "cuda_graphs": cuda_graph_use(device, compile_mode, graphed_step, skips),
     }
+
+
+def wait_for_all(barrier: Path, stage: str, parties: int, keep_busy: Callable[[], object] | None = None) -> None:
+    """Mark this process as at ``stage`` in ``barrier`` and wait until ``parties`` processes are (running
+    ``keep_busy`` meanwhile, so that the others are still timed under load)."""
+    (barrier / f"{stage}.{os.getpid()}").touch()
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while len(list(barrier.glob(f"{stage}.*"))) < parties and time.monotonic() < deadline:
+        if keep_busy is None:
+            time.sleep(0.01)
+        else:
+            keep_busy()
+
+
+def peak_matmul_flops(device: str, dtype: torch.dtype = torch.bfloat16, size: int = 2048,
+                      min_run_time: float = 1.0) -> float:  # fmt: skip
+    """The machine's peak floating-point rate in practice: FLOP/s of a large square matrix product in ``dtype``
+    with every core (oneDNN / cuBLAS), the fastest operation a training step is made of."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return 2 * size**3 / (time_ms(lambda: a @ b, min_run_time) / 1000)
 
 
 def projected_run_s(step_ms: float, eval_ms: float, compile_s: float | None, batch: int, eval_batch: int,
@@ -233,6 +311,8 @@ def benchmark_speed(
     modes: Sequence[str] = MODES,
     compile_modes: Sequence[str] = ("default",),
     batches: Sequence[int] = (),
+    precisions: Sequence[str] = ("auto",),
+    jobs: Sequence[int] = (1,),
     conv_types: Sequence[str] | None = None,
     channels_last: bool = True,
     min_run_time: float = 2.0,
@@ -242,14 +322,17 @@ def benchmark_speed(
 ) -> dict:
     """Every setting of :func:`settings` for each conv type, each in ``repeats`` fresh processes (median).
 
-    Returns ``rows`` (per conv type and setting: step and evaluation time, images/s, ratio to eager,
-    compile time, projected run time, CUDA graphs used, the largest relative difference of the first
-    losses from eager's and whether that is within ``loss_rtol``), ``comparison`` (each conv type ÷ the
-    baseline), ``skipped`` (settings left out, with why) and ``fastest`` (per conv type, the row at the
-    training batch with the shortest projected run among those that agree with eager, and its command).
+    Returns ``rows`` (per conv type and setting: step and evaluation time, images/s per job and for the
+    machine, ratio to eager, compile time, projected run time and minutes per run of a sweep, the share of
+    the machine's peak bf16 rate, CUDA graphs used, the largest relative difference of the first losses from
+    eager's and whether that is within ``loss_rtol``), ``comparison`` (each conv type ÷ the baseline),
+    ``skipped`` (settings left out, with why), ``fastest`` (per conv type, the row at the training batch with
+    the fewest minutes per run among those that agree with eager, and its command) and ``peak`` (the machine's
+    peak matrix-multiply rates).
     """
-    chosen, skipped = settings(modes, compile_modes, device, [batch, *batches])
+    chosen, skipped = settings(modes, compile_modes, device, [batch, *batches], precisions, jobs)
     convs = list(conv_types or ordered_conv_types())
+    cores = torch.get_num_threads()
     measured: dict[tuple, list[dict]] = {}
     for _ in range(repeats):
         for setting in chosen:
@@ -257,36 +340,58 @@ def benchmark_speed(
                 args = {"model_kwargs": model_kwargs, "conv": conv, **setting, "device": device,
                         "eval_batch": eval_batch, "channels_last": channels_last,
                         "min_run_time": min_run_time}  # fmt: skip
-                measured.setdefault((conv, *setting.values()), []).append(_in_subprocess(args))
+                if setting["jobs"] > 1:
+                    args["threads"] = max(1, cores // setting["jobs"])
+                measured.setdefault((conv, *setting.values()), []).append(_in_subprocesses(args, setting["jobs"]))
+    peak = {
+        "bf16_tflops": peak_matmul_flops(device) / 1e12,
+        "fp32_tflops": peak_matmul_flops(device, torch.float32) / 1e12,
+        "threads": cores,
+        "method": "2048×2048 matrix product, every core, median of repeated calls",
+    }
+    macs = {conv: count_macs(DenseNet(**{**model_kwargs, "conv": conv})) for conv in convs}
     rows = []
     for setting in chosen:
         for conv in convs:
             rows.append(_row(conv, setting, measured[(conv, *setting.values())], batch, eval_batch, projection,
                              channels_last, command_overrides))  # fmt: skip
+            if "total_images_per_s" in rows[-1]:
+                rows[-1]["share_of_bf16_peak"] = (rows[-1]["total_images_per_s"] * TRAIN_FLOPS_PER_MAC * macs[conv]
+                                                  / (peak["bf16_tflops"] * 1e12))  # fmt: skip
     _compare_with_eager(rows, loss_rtol)
-    return {"rows": rows, "comparison": speed_comparison(rows), "skipped": skipped, "fastest": fastest(rows, convs)}
+    return {"rows": rows, "comparison": speed_comparison(rows), "skipped": skipped, "fastest": fastest(rows, convs),
+            "peak": peak}  # fmt: skip
 
 
-def _row(conv: str, setting: dict, runs: list[dict], training_batch: int, eval_batch: int, projection: dict,
+def _row(conv: str, setting: dict, runs: list[list[dict]], training_batch: int, eval_batch: int, projection: dict,
          channels_last: bool, overrides: Sequence[str]) -> dict:  # fmt: skip
-    row = {"conv": conv, "mode": label(setting), "batch": setting["batch"],
+    """One table row from ``runs`` (per repeat, the results of the setting's concurrent jobs)."""
+    row = {"conv": conv, "mode": label(setting), "batch": setting["batch"], "jobs": setting["jobs"],
            "recipe": "training" if setting["batch"] == training_batch else "different recipe (batch)"}  # fmt: skip
-    failed = [r["failed"] for r in runs if "failed" in r]
+    failed = [job["failed"] for run in runs for job in run if "failed" in job]
     if failed:
         return {**row, "status": f"failed: {failed[0]}", "setting": setting}
-    step_ms = statistics.median(r["step_ms"] for r in runs)
-    eval_ms = statistics.median(r["eval_ms"] for r in runs)
-    compile_s = statistics.median(r["compile_s"] for r in runs) if setting["compile_mode"] else None
+    jobs = [job for run in runs for job in run]
+    step_ms = statistics.median(job["step_ms"] for job in jobs)
+    eval_ms = statistics.median(job["eval_ms"] for job in jobs)
+    compile_s = statistics.median(job["compile_s"] for job in jobs) if setting["compile_mode"] else None
+    projected_min = projected_run_s(step_ms, eval_ms, compile_s, setting["batch"], eval_batch, projection) / 60
+    # The machine's rate: each repeat's concurrent jobs together, the median over repeats.
+    total = statistics.median(sum(setting["batch"] * 1000 / job["step_ms"] for job in run) for run in runs)
     row.update(
+        precision=jobs[0]["precision"],
         step_ms=step_ms,
         images_per_s=setting["batch"] * 1000 / step_ms,
+        total_images_per_s=total,
         eval_ms=eval_ms,
         compile_s=compile_s,
-        projected_run_min=projected_run_s(step_ms, eval_ms, compile_s, setting["batch"], eval_batch, projection) / 60,
-        cuda_graphs=runs[0]["cuda_graphs"],
-        processes=len(runs),
-        step_ms_range=f"{min(r['step_ms'] for r in runs):,.0f}–{max(r['step_ms'] for r in runs):,.0f}",
-        losses=runs[0]["losses"],
+        projected_run_min=projected_min,
+        minutes_per_run=projected_min / setting["jobs"],
+        cuda_graphs=jobs[0]["cuda_graphs"],
+        processes=len(jobs),
+        step_ms_range=f"{min(job['step_ms'] for job in jobs):,.0f}–{max(job['step_ms'] for job in jobs):,.0f}",
+        losses=jobs[0]["losses"],
+        timed=[job["timed"] for job in jobs],
         setting=setting,
         command=training_command(conv, setting, channels_last, overrides),
     )
@@ -296,7 +401,8 @@ def _row(conv: str, setting: dict, runs: list[dict], training_batch: int, eval_b
 def _compare_with_eager(rows: list[dict], loss_rtol: float) -> None:
     """Each row's ratio to the eager step (same conv type and batch) and how far its first losses are from eager's."""
     eager = {(r["conv"], r["batch"]): r for r in rows if r.get("setting", {}).get("mode") == "eager"
-             and r["setting"]["allocator"] == "reuse" and "step_ms" in r}  # fmt: skip
+             and r["setting"]["allocator"] == "reuse" and r["setting"].get("precision", "auto") == "auto"
+             and r["setting"].get("jobs", 1) == 1 and "step_ms" in r}  # fmt: skip
     for row in rows:
         reference = eager.get((row["conv"], row["batch"]))
         if "step_ms" not in row or reference is None:
@@ -309,31 +415,44 @@ def _compare_with_eager(rows: list[dict], loss_rtol: float) -> None:
 
 
 def fastest(rows: list[dict], convs: Sequence[str]) -> list[dict]:
-    """Per conv type, the training-recipe row that agrees with eager and has the shortest projected run."""
+    """Per conv type, the training-recipe row that agrees with eager and takes the fewest minutes per run (the
+    projected run ÷ the jobs that run at once)."""
     out = []
     for conv in convs:
         candidates = [r for r in rows if r["conv"] == conv and r.get("same_function")]
         if candidates:
-            best = min(candidates, key=lambda r: r["projected_run_min"])
+            best = min(candidates, key=lambda r: r["minutes_per_run"])
             out.append({"conv": conv, "mode": best["mode"], "projected_run_min": best["projected_run_min"],
+                        "minutes_per_run": best["minutes_per_run"], "jobs": best["jobs"],
                         "command": best["command"]})  # fmt: skip
     return out
 
 
-def _in_subprocess(args: dict) -> dict:
-    """``measure_step(**args)`` in a fresh process; a failure becomes the row's status, the other rows go on."""
-    command = [sys.executable, "-m", "sepdense.bench.speed", json.dumps(args)]
+def _in_subprocesses(args: dict, jobs: int = 1) -> list[dict]:
+    """``measure_step(**args)`` in ``jobs`` fresh processes at once (timed together through a barrier
+    directory when more than one); a failure becomes the row's status, the other rows go on."""
     # Inductor's caches on disk would let one process reuse another's compilation: every one compiles afresh,
     # as a user's first run does.
     env = {**os.environ, "TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+    with tempfile.TemporaryDirectory(prefix="sepdense-speed-") as barrier:
+        payload = json.dumps({**args, **({"barrier": barrier} if jobs > 1 else {})})
+        command = [sys.executable, "-m", "sepdense.bench.speed", payload]
+        processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                     for _ in range(jobs)]  # fmt: skip
+        return [_result(process) for process in processes]
+
+
+def _result(process: subprocess.Popen) -> dict:
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=1800, env=env)
+        stdout, stderr = process.communicate(timeout=1800)
     except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
         return {"failed": "took more than 30 minutes"}
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        return {"failed": lines[-1] if lines else f"exit code {result.returncode}"}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    if process.returncode != 0:
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        return {"failed": lines[-1] if lines else f"exit code {process.returncode}"}
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 EAGER_DEFAULT_ALLOCATOR = label({"mode": "eager", "compile_mode": None, "allocator": "default"})
@@ -357,8 +476,9 @@ def speed_comparison(rows: list[dict]) -> list[dict]:
 
 
 # The columns of the printed table (results.json keeps every field).
-TABLE_COLUMNS = ("conv", "mode", "batch", "recipe", "step_ms", "images_per_s", "× eager", "eval_ms", "compile_s",
-                 "projected_run_min", "cuda_graphs", "loss_vs_eager", "same_function", "status")  # fmt: skip
+TABLE_COLUMNS = ("conv", "mode", "precision", "batch", "recipe", "step_ms", "images_per_s", "total_images_per_s",
+                 "share_of_bf16_peak", "× eager", "eval_ms", "compile_s", "projected_run_min", "minutes_per_run",
+                 "cuda_graphs", "loss_vs_eager", "same_function", "status")  # fmt: skip
 
 
 def describe(result: dict, projection: dict, loss_rtol: float) -> str:
@@ -370,13 +490,26 @@ def describe(result: dict, projection: dict, loss_rtol: float) -> str:
         "at `eval_ms` per evaluation batch (the partial last ones counted as full), plus `compile_s`; the Lightning "
         "loop's own per-step work and the data loader are not in it. "
         f"`loss_vs_eager`: the largest relative difference of the first {CHECK_STEPS} losses (same weights, same "
-        f"batch) from the eager step's; `same_function`: within {loss_rtol} and at the training batch.",
+        f"batch) from the eager step's; `same_function`: within {loss_rtol} and at the training batch. "
+        "`images_per_s`: one job's; `total_images_per_s`: all jobs running at once together (the machine's rate); "
+        "`minutes_per_run`: `projected_run_min` ÷ jobs at once, the time per run of a sweep run that way. "
+        f"`share_of_bf16_peak`: `total_images_per_s` × {TRAIN_FLOPS_PER_MAC} FLOPs per MAC of a training step "
+        "(forward, and a backward of about twice its cost) × the network's MACs per image, over the machine's "
+        + (
+            f"peak: a {result['peak']['method']}: {result['peak']['bf16_tflops']:.2f} TFLOP/s in bf16 "
+            f"({result['peak']['fp32_tflops']:.2f} in fp32) with {result['peak']['threads']} threads."
+            if "peak" in result
+            else "peak."
+        ),
     ]
     for skip in result["skipped"]:
         lines.append(f"- not measured: {label(skip)}, batch {skip['batch']}: {skip['why']}")
     for best in result["fastest"]:
-        lines.append(f"\nFastest for {best['conv']}: {best['mode']}, about {best['projected_run_min']:,.0f} min "
-                     f"for the run:\n\n    {best['command']}")  # fmt: skip
+        at_once = (
+            f" ({best['jobs']} runs at once, {best['projected_run_min']:,.0f} min each)" if best["jobs"] > 1 else ""
+        )
+        lines.append(f"\nFastest for {best['conv']}: {best['mode']}, about {best['minutes_per_run']:,.0f} min "
+                     f"per run{at_once}:\n\n    {best['command']}")  # fmt: skip
     if not result["fastest"]:
         lines.append("\nNo row was checked against an eager step (add eager to speed_level.modes).")
     return "\n".join(lines) + "\n"
