@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, SMOKE, run_entry
+from omegaconf import OmegaConf
 
 from sepdense.checkpoints import load_checkpoint
 from sepdense.report.build import write_report
@@ -70,3 +71,88 @@ def test_a_sweep_cut_by_its_time_limit_and_killed_continues_to_the_uninterrupted
         for key in COMPARED:
             assert resumed[key] == pytest.approx(uninterrupted[key], rel=1e-5), (job, key)
     assert "4 of 4 runs complete" in (sweep_dir / "report" / "report.md").read_text()
+
+
+# The 100-epoch study's command (README): its job directories must keep their names when it is continued.
+STUDY_JOB = ["model.conv=standard", "seed=0", "experiment=comparison_cpu", "data=imagefolder",
+             "data.source.root=/work/main/data/cifar10-jpeg", "paths.log_dir=/root/sepdense-study",
+             "time_limit=00:02:05:00", "resume=true"]  # fmt: skip
+# debug=smoke's own values, spelled out: a sweep of many long overrides (the issue's 252-character job names).
+LONG = ["model.conv=standard", "seed=0", "model.block_config=[2,2,2,2]", "model.growth_rate=12", "trainer.max_epochs=2",
+        "data.batch_size=64", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2", "trainer.log_every_n_steps=1", "module.label_smoothing=0.1"]  # fmt: skip
+
+
+def test_job_names_are_bounded_and_short_ones_kept() -> None:
+    from sepdense.resolvers import JOB_NAME_MAX, job_name
+
+    assert job_name(STUDY_JOB) == "model.conv=standard,seed=0,data=imagefolder,experiment=comparison_cpu,paths=5c06dc84"
+    eleven = [*LONG, "optimizer.weight_decay=0.0005", "data.eval_batch_size=256", "data.val_size=256"]
+    name = job_name(eleven)
+    assert name.startswith("model.conv=standard,seed=0,overrides=") and len(name) <= JOB_NAME_MAX
+    assert job_name([*eleven[:-1], "data.val_size=512"]) != name  # the rest is in the hash
+    assert "/" not in job_name(["model.conv=../../../elsewhere/x", "seed=0"])
+
+
+@pytest.mark.slow
+def test_a_sweep_of_long_overrides_started_under_the_old_names_is_continued(tmp_path: Path) -> None:
+    """Its job gets a bounded name and a report; a sweep whose job directory bears the full old name (made before
+    names were bounded) is continued in that directory by resume=true, not started anew beside it."""
+    from sepdense.resolvers import _full_job_name
+
+    sweep = ["train.py", "-m", *SMOKE, *LONG[:9]]  # a 243-character name before names were bounded
+    deadline = "+hydra.callbacks.deadline._target_=kill_at.DeadlineSoon"
+    cut = run_entry(*sweep, "time_limit=00:00:01:00", deadline, log_dir=tmp_path, check=False, env=WITH_KILL_AT)
+    assert cut.returncode == TIME_LIMIT_EXIT, cut.stderr[-2000:]
+    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    (job,) = [p for p in sweep_dir.iterdir() if p.is_dir()]
+    assert job.name.startswith("model.conv=standard,seed=0,overrides=")
+    old_name = _full_job_name([*SMOKE, *LONG[:9]])
+    assert len(old_name) > 200
+    job = job.rename(sweep_dir / old_name)
+    saved_step = load_checkpoint(job / "checkpoints" / "last.ckpt")["global_step"]
+    saved_config = (job / ".hydra" / "config.yaml").read_bytes()
+
+    done = run_entry(*sweep, "resume=true", log_dir=tmp_path)
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == sorted([old_name, "report"])
+    assert 0 < saved_step < 8 and load_checkpoint(job / "checkpoints" / "last.ckpt")["global_step"] == 8
+    assert f"Resuming from {job}/checkpoints/" in done.stderr  # continued from its checkpoint, not restarted
+    assert json.loads((job / "metrics.json").read_text())["complete"] is True
+    assert (job / ".hydra" / "config.yaml").read_bytes() == saved_config
+    assert (job / "report" / "report.md").is_file() and (sweep_dir / "report" / "report.md").is_file()
+    assert "could not write the report" not in done.stdout
+
+
+@pytest.mark.slow
+def test_a_diverging_job_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    sweep = ["train.py", "-m", *SMOKE, "optimizer.lr=1e12,0.1"]
+    result = run_entry(*sweep, log_dir=tmp_path, check=False)
+    assert result.returncode == 1  # some failed
+    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    diverged, fine = (sweep_dir / f"callbacks.progress_bar=null,debug=smoke,optimizer.lr={lr}" for lr in
+                      ("1000000000000.0", "0.1"))  # fmt: skip
+    record = json.loads((diverged / "metrics.json").read_text())
+    assert record["complete"] is False and record["failure_repeats"] is True and "NaN" in record["failure"]
+    assert json.loads((fine / "metrics.json").read_text())["complete"] is True  # the job after it ran
+    assert "1 of 2 runs complete" in (sweep_dir / "report" / "report.md").read_text()
+    assert "failed (The train loss became NaN" in (sweep_dir / "report" / "report.md").read_text()
+    assert "error: 1 job(s) of the sweep failed" in result.stderr
+    # Continued: the finished job is skipped, the diverged one is not run again (it would diverge again).
+    resumed = run_entry(*sweep, "resume=true", log_dir=tmp_path, check=False)
+    assert resumed.returncode == 1 and "for a reason that would repeat: not run again" in resumed.stderr
+    assert json.loads((diverged / "metrics.json").read_text()) == record
+    assert not (diverged / "checkpoints").exists() or not list((diverged / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_an_optuna_search_with_a_diverging_trial_goes_on(tmp_path: Path) -> None:
+    """hparams_search=lr_wd: the trial whose loss diverges is a failed trial, and the search goes on to the next."""
+    result = run_entry("train.py", "-m", "hparams_search=lr_wd", *SMOKE, "trainer.max_epochs=1",
+                       "hydra.sweeper.n_trials=2", "optimizer.lr=choice(1e12,0.1)", log_dir=tmp_path,
+                       check=False)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    records = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    assert sorted(r["complete"] for r in records) == [False, True]  # seed 0's sampler tries both learning rates
+    assert "recorded as failed; the sweep goes on" in result.stderr
+    assert OmegaConf.load(sweep_dir / "optimization_results.yaml").best_params["optimizer.lr"] == 0.1

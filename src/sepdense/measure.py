@@ -7,6 +7,8 @@ through these functions, so a figure means the same wherever it is shown.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import logging
 import platform
 import resource
@@ -25,6 +27,13 @@ from torch.utils.flop_counter import FlopCounterMode
 PACKAGES = ("sepdense", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "omegaconf", "numpy")
 # How batch-1 latency is measured; shown beside every latency figure.
 LATENCY_METHOD = "eager, eval mode, batch 1, median of repeated calls after a warm-up; on CPU with 1 thread"
+# What memory/peak_mb is; shown beside every peak-memory figure. The same alone or as one of many jobs of a sweep in a
+# reused worker process: what earlier jobs freed is handed back before the count starts.
+PEAK_MEMORY_METHOD = (
+    "peak from the start of fitting to the end of each epoch: on GPU, memory allocated by PyTorch; on CPU, the "
+    "process's resident set size (VmHWM, Linux), counted from a heap whose free memory was handed back to the "
+    "system at that start (so it includes Python, PyTorch and the data in memory, not what earlier sweep jobs freed)"
+)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -122,19 +131,35 @@ def synchronized_clock(device: torch.device) -> float:
 
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak: CUDA's allocator statistics, or on Linux the process's peak RSS (VmHWM).
+    """Start a new peak (see :data:`PEAK_MEMORY_METHOD`): CUDA's allocator statistics, or on Linux the process's
+    peak RSS (VmHWM), after handing the memory freed so far back to the system.
 
-    Without the reset, the second run of a sweep in the same process would report the first's peak.
+    Without the reset, a sweep job would report the peak of an earlier job in the same process
+    (joblib reuses its workers); without the hand-back, the memory that job freed (which glibc keeps
+    for reuse, ``reuse_freed_memory``) would still count in this job's resident set.
     """
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    gc.collect()  # what an earlier job left in reference cycles
+    release_freed_memory()
     with contextlib.suppress(OSError):  # other systems: the peak covers the whole process
         Path("/proc/self/clear_refs").write_text("5")  # "5" resets the peak resident set size (Linux ≥ 4.0)
 
 
+def release_freed_memory() -> bool:
+    """Give the memory the C library holds free (all arenas) back to the system: glibc's ``malloc_trim(0)``.
+
+    False where the C library is not glibc.
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on ``device`` since the last reset, or the process's peak RSS on CPU."""
+    """The peak since ``reset_peak_memory``, in MiB, as :data:`PEAK_MEMORY_METHOD` defines it."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     try:

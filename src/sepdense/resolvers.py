@@ -30,7 +30,7 @@ JOB_NAME_FIRST = ("model.conv", "seed")
 MULTIRUN_FILE = "multirun.yaml"
 # Longer job names become conv type, seed and a hash: the report adds file names to them, under the file system's
 # 255-byte limit on a name. Plain characters only (no '/', which would nest directories).
-JOB_NAME_MAX = 120
+JOB_NAME_MAX = 160
 PLAIN_NAME = re.compile(r"[\w.,=+\-\[\]:@%]+")
 
 
@@ -188,6 +188,7 @@ def run_differences(saved: DictConfig | Mapping, current: DictConfig, typed: Seq
     before, now = _leaves(saved), _leaves(current)
     set_here = {_key(o) for o in typed}
     differences = []
+
     def typed_here(key: str) -> bool:
         return any(key == k or key.startswith(f"{k}.") for k in set_here)
 

@@ -16,7 +16,8 @@ class Timing(SummaryCallback):
     epoch's values.
 
     ``time/fit_s`` counts every process of a resumed run: the time trained before is kept in the
-    checkpoints (``state_dict``).
+    checkpoints (``state_dict``). ``memory/peak_mb`` is defined by ``sepdense.measure.PEAK_MEMORY_METHOD``: each
+    run's (and each sweep job's) own, from the start of its fitting.
 
     Train time runs from the epoch start to the start of that epoch's validation (Lightning
     validates inside the training epoch), so it excludes validation. On GPU the clock reads
