@@ -26,6 +26,7 @@ from sepdense.runs import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
     LAST_CHECKPOINT,
+    contents,
     is_run_dir,
     read_config,
     remove_run_without_results,
@@ -108,27 +109,20 @@ def model_and_data(cfg: DictConfig, checkpoint: Path, run_dir: Path | None) -> t
     return module, datamodule
 
 
-def remove_failed_run(output_dir: Path, written: list[Path]) -> None:
-    """After a user error: delete the files this run ``written`` and Hydra's job log, then the run directory
-    if nothing else is in it (``hydra.run.dir=.`` keeps the user's own files)."""
-    for path in (*written, output_dir / f"{HydraConfig.get().job.name}.log"):
-        path.unlink(missing_ok=True)
-    remove_run_without_results(output_dir)
-
-
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; a mistake ends in a UserError and leaves no run directory."""
     quiet_libraries()
-    output_dir, written = Path(cfg.paths.output_dir), []
+    output_dir = Path(cfg.paths.output_dir)
+    before = contents(output_dir)
     try:
-        return _evaluate(cfg, output_dir, written)
+        return _evaluate(cfg, output_dir)
     except Exception as err:
         if find_user_error(err) is not None:
-            remove_failed_run(output_dir, written)
+            remove_run_without_results(output_dir, before)  # what it added only; hydra.run.dir=. keeps the rest
         raise
 
 
-def _evaluate(cfg: DictConfig, output_dir: Path, written: list[Path]) -> dict[str, float]:
+def _evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split} is not a split; use one of: {', '.join(SPLITS)}.")
     if cfg.engine not in ENGINES:
@@ -160,7 +154,6 @@ def _evaluate(cfg: DictConfig, output_dir: Path, written: list[Path]) -> dict[st
     deployed: dict[str, Any] = {}
     if cfg.engine == "onnxruntime":
         deployed = deploy_network(module.net, datamodule, output_dir, cfg.quantize, cfg.calibration_images)
-        written.extend(deployed["files"].values())
         model_file = deployed["files"][cfg.quantize or "fp32"]
         module.net, module.channels_last = session_network(open_session(model_file)), False
         # The session runs on the CPU, in float32, whatever the trainer config says.

@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 
 from sepdense.cli import find_user_error, quiet_libraries, run_reporting_user_errors
 from sepdense.errors import ConfigError
-from sepdense.evaluate import checkpoint_path, model_and_data, remove_failed_run
+from sepdense.evaluate import checkpoint_path, model_and_data
+from sepdense.runs import contents, remove_run_without_results
 from sepdense.tables import markdown_table, write_json
 
 log = logging.getLogger("sepdense")
@@ -29,16 +30,17 @@ CHECK_BATCH = 64
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt_path``; a mistake ends in a UserError and leaves no run directory."""
     quiet_libraries()
-    output_dir, written = Path(cfg.paths.output_dir), []
+    output_dir = Path(cfg.paths.output_dir)
+    before = contents(output_dir)
     try:
-        return _export(cfg, output_dir, written)
+        return _export(cfg, output_dir)
     except Exception as err:
         if find_user_error(err) is not None:
-            remove_failed_run(output_dir, written)
+            remove_run_without_results(output_dir, before)  # what it added only; hydra.run.dir=. keeps the rest
         raise
 
 
-def _export(cfg: DictConfig, output_dir: Path, written: list[Path]) -> dict[str, Any]:
+def _export(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.quantize not in (None, "int8"):
         raise ConfigError(f"quantize={cfg.quantize} is not supported; use quantize=int8 or leave it out.")
     checkpoint, run_dir = checkpoint_path(cfg)
@@ -66,7 +68,6 @@ def _export(cfg: DictConfig, output_dir: Path, written: list[Path]) -> dict[str,
         reuse_freed_memory()
     module, datamodule = model_and_data(cfg, checkpoint, run_dir)
     deployed = deploy_network(module.net, datamodule, output_dir, cfg.quantize, cfg.calibration_images, cfg.opset)
-    written.extend(deployed["files"].values())
     images = split_images(datamodule, "test", cfg.check_images)
     with torch.no_grad():
         reference = np.concatenate(

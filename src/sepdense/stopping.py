@@ -3,8 +3,9 @@
 ``time_limit=DD:HH:MM:SS`` counts from the start of this command (``python train.py ...``), for a
 single run or a whole sweep, not from the start of the run as Lightning's ``trainer.max_time`` does
 (whose Timer restores the time already spent from the checkpoint, so a resumed run with the same
-limit stops at once). What ``metrics.json`` says of a run's end (``completion``) is read by
-training (skip a finished job), the report (never count an unfinished run) and the user.
+limit stops at once). What ``metrics.json`` says of a run's end (``fit_ending``, ``interrupted``, ``failed``) is
+read back through ``is_complete`` by training (skip a finished job), the report (never count an unfinished run)
+and the run directory's reader (``sepdense.runs``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def time_left(limit: Any) -> float | None:
     return None if seconds is None else seconds - (time.monotonic() - INVOCATION_START)
 
 
-def completion(epochs_done: int, epochs_planned: int | None, steps_done: int, steps_planned: int,
+def fit_ending(epochs_done: int, epochs_planned: int | None, steps_done: int, steps_planned: int,
                early_stopped: bool) -> dict[str, Any]:  # fmt: skip
     """What metrics.json records of how fitting ended: ``complete``, the epochs done of those planned, why it ended.
 
@@ -71,5 +72,6 @@ def failed(reason: str, repeats: bool) -> dict[str, Any]:
 
 
 def is_complete(metrics: dict[str, Any]) -> bool:
-    """A run's metrics.json says it finished (runs saved before the ``complete`` key existed did, or saved none)."""
-    return bool(metrics.get("complete", True))
+    """A run's metrics.json says it finished (runs saved before the ``complete`` key existed did): the one test of
+    "is this run complete", for training (skip a finished job), the report and the run directory's reader."""
+    return metrics.get("complete", True) is True

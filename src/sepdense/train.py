@@ -46,8 +46,8 @@ from sepdense.stopping import (
     FAILURE,
     FAILURE_REPEATS,
     TIME_LIMIT_EXIT,
-    completion,
     failed,
+    fit_ending,
     interrupted,
     is_complete,
     time_left,
@@ -299,8 +299,8 @@ def _train(cfg: DictConfig, output_dir: Path, started: list[bool]) -> dict[str, 
     # epoch, so should_stop tells), not by Lightning's Timer (trainer.max_time), which also sets should_stop.
     timer_ran_out = any(isinstance(c, Timer) and (c.time_remaining() or 1) <= 0 for c in trainer.callbacks)
     early = trainer.should_stop and not timer_ran_out and any(isinstance(c, EarlyStopping) for c in callbacks)
-    metrics |= completion(trainer.current_epoch, trainer.max_epochs, trainer.global_step, trainer.max_steps, early)
-    if not metrics["complete"]:
+    metrics |= fit_ending(trainer.current_epoch, trainer.max_epochs, trainer.global_step, trainer.max_steps, early)
+    if not is_complete(metrics):
         log.warning("Fitting stopped at epoch %d of %s before its end (e.g. by trainer.max_time): these are not the "
                     "final weights, so they are not tested. To limit time, use time_limit=DD:HH:MM:SS; continue with: "
                     "%s", trainer.current_epoch, trainer.max_epochs, continue_command())  # fmt: skip
