@@ -206,6 +206,13 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_saved_checkpoints(tmp_pa
     [
         ("model.conv=depthwise", "error: model.conv='depthwise' is not a conv type; use one of: standard, separable"),
         ("model.no_such_key=1", "Key 'no_such_key' is not in struct"),
+        ("+model.cnov=standard", "error: model.cnov (did you mean model.conv?) is not a setting of DenseNet"),
+        ("trainer.max_epochs=-1", "error: trainer.max_epochs=-1 must be a whole number of at least 1"),
+        (
+            "experiment=comparison",
+            "error: This config is a sweep (model.conv: standard,separable, seed: 0,1,2), "
+            "which runs only with -m: python train.py -m",
+        ),
     ],
 )
 @pytest.mark.slow
@@ -214,6 +221,9 @@ def test_user_errors_end_in_one_clear_line(override: str, message: str, tmp_path
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    if "no_such_key" not in override:  # Hydra's own message for an unknown key, with its advice, comes before ours
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "report" not in result.stdout  # a failed start writes no report
     runs = tmp_path / "train" / "runs"
     assert not runs.exists() or not list(runs.iterdir()), "a run that saved nothing leaves no directory behind"
 
@@ -224,6 +234,7 @@ def test_user_errors_end_in_one_clear_line(override: str, message: str, tmp_path
         ("model.growth_rate=-4", "model.growth_rate=-4 must be a positive integer"),
         ("model.block_config=[]", "model.block_config=[] must list at least one block of ≥1 layers"),
         ("data.batch_size=5000", "data.batch_size=5000 is larger than the training split (768 images)"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a whole number of at least 1"),
     ],
 )
 def test_config_mistakes_are_user_errors_that_name_the_key(override: str, message: str, compose_train_cfg) -> None:
@@ -233,6 +244,19 @@ def test_config_mistakes_are_user_errors_that_name_the_key(override: str, messag
         train(cfg)
     error = find_user_error(info.value)
     assert error is not None and message in str(error)
+    assert not Path(cfg.paths.output_dir).exists(), "a run that saved nothing leaves no directory behind"
+
+
+def test_a_checkpoint_of_another_size_is_refused_naming_the_settings(smoke_run: tuple, compose_train_cfg) -> None:
+    run_dir, _ = smoke_run
+    cfg = compose_train_cfg(*SMOKE, "model.growth_rate=24", f"ckpt_path={run_dir / 'checkpoints' / 'best.ckpt'}")
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    error = find_user_error(info.value)
+    assert error is not None and "holds a network of another size (model.growth_rate is 12 there and 24 here; " in str(
+        error
+    )
+    assert "\n" not in str(error) and "and " in str(error).split("more tensors")[0]
     assert not Path(cfg.paths.output_dir).exists(), "a run that saved nothing leaves no directory behind"
 
 

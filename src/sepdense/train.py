@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import logging
 import signal
@@ -221,7 +223,52 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Mistakes that would otherwise surface deep in a library, or not at all, refused in one line before
+    anything is trained: a sweep experiment run as one run, a length the schedule cannot be planned over, a
+    model setting the network does not have."""
+    swept = HydraConfig.get().sweeper.get("params") if HydraConfig.initialized() else None
+    if swept and not is_multirun():
+        runs = ", ".join(f"{key}: {values}" for key, values in swept.items())
+        overrides = " ".join(HydraConfig.get().overrides.task)
+        raise ConfigError(f"This config is a sweep ({runs}), which runs only with -m: python train.py -m {overrides}; "
+                          f"for one of its runs, leave out the experiment and give its settings.")  # fmt: skip
+    epochs = cfg.trainer.get("max_epochs")
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={epochs} must be a whole number of at least 1 (the learning-rate "
+                          f"schedule is planned over it), e.g. trainer.max_epochs=100.")  # fmt: skip
+    target = hydra.utils.get_class(cfg.model._target_)
+    known = [name for name in inspect.signature(target).parameters if name != "self"]
+    unknown = [key for key in cfg.model if key != "_target_" and key not in known]
+    if unknown:
+        hints = [f"model.{key}" + (f" (did you mean model.{close[0]}?)" if (close := difflib.get_close_matches(
+            key, known, n=1)) else "") for key in unknown]  # fmt: skip
+        raise ConfigError(f"{', '.join(hints)} is not a setting of {target.__name__}; its settings: "
+                          f"{', '.join(known)}.")  # fmt: skip
+
+
+def check_checkpoint_fits(ckpt_path: str, module: ImageClassifier, net_config: dict[str, Any]) -> None:
+    """Refuse, in one line naming the settings that differ, a ``ckpt_path`` saved from a network of another size."""
+    checkpoint = load_checkpoint(ckpt_path, mmap=True)
+    saved = checkpoint.get("state_dict", {})
+    here = module.state_dict()
+    differ = [name for name, tensor in here.items() if name in saved and saved[name].shape != tensor.shape]
+    missing = [name for name in here if name not in saved]
+    if not differ and not missing:
+        return
+    saved_net = checkpoint.get("hyper_parameters", {}).get("net", {})
+    settings = [f"model.{key} is {saved_net[key]} there and {value} here" for key, value in net_config.items()
+                if key in saved_net and saved_net[key] != value]  # fmt: skip
+    example = (f"{differ[0]}: {list(saved[differ[0]].shape)} there, {list(here[differ[0]].shape)} here"
+               if differ else f"{missing[0]} is not in it")  # fmt: skip
+    others = len(differ) + len(missing) - 1
+    raise ConfigError(f"ckpt_path={ckpt_path} holds a network of another size ({'; '.join(settings) or example}"
+                      f"{f'; {example}' if settings else ''}{f', and {others} more tensors' if others else ''}); "
+                      f"train with the model settings it was saved with, or leave out ckpt_path.")  # fmt: skip
+
+
 def _train(cfg: DictConfig, output_dir: Path, started: list[bool]) -> dict[str, Any]:
+    check_config(cfg)
     if cfg.get("reuse_freed_memory", True) and not reuse_freed_memory():
         log.info("reuse_freed_memory has no effect here: the C library is not glibc.")
     left = time_left(cfg.get("time_limit"))
@@ -268,6 +315,8 @@ def _train(cfg: DictConfig, output_dir: Path, started: list[bool]) -> dict[str, 
         scheduler=scheduler,
         **cfg.module,
     )
+    if cfg.get("ckpt_path"):
+        check_checkpoint_fits(str(cfg.ckpt_path), module, net_config)
     callbacks = instantiate_all(cfg.get("callbacks"))
     # A progress bar is for a terminal; written to a file (nohup, SLURM) only its last frame survives,
     # and the per-epoch lines of EpochLog say what it would have.
