@@ -29,7 +29,7 @@ from test_significance import fake_run
 from torch.utils.tensorboard import SummaryWriter
 
 from sepdense.bench.plots import layer_gap_figure
-from sepdense.callbacks.epoch_log import estimate_line
+from sepdense.callbacks.epoch_log import estimate_line, memory_line
 from sepdense.cli import quiet_libraries
 from sepdense.report import ReportCallback, write_report
 from sepdense.report.figures import plot_tradeoff
@@ -253,6 +253,15 @@ def test_the_estimate_line_counts_steps_and_epochs_left() -> None:
     assert line.startswith("Estimated training time: 54 h 30 min for 35,100 more steps (the rest of epoch 1 and "
                            "epochs 2–100 of 100) at 5.59 s per step")  # fmt: skip
     assert "(the rest of epoch 1 and epoch 2 of 2)" in estimate_line(1.0, 5, 0, 2)
+
+
+def test_the_estimate_names_the_memory_and_warns_when_the_machine_has_too_little_free() -> None:
+    assert memory_line(8704.0, 20_000.0) == " Memory: 8.5 GB at its peak so far."
+    warning = memory_line(8704.0, 512.0)  # the default network at batch 128 on an 8 GB laptop
+    assert warning.startswith(" Memory: 8.5 GB at its peak so far, and this machine has only 0.5 GB free beside it: "
+                              "expect swapping")  # fmt: skip
+    assert "lower data.batch_size" in warning
+    assert memory_line(1024.0, None) == " Memory: 1.0 GB at its peak so far."  # not Linux: nothing to compare with
 
 
 def fit_with_short_epochs(log_dir: Path, quiet: bool) -> list[str]:

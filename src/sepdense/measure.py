@@ -170,6 +170,15 @@ def peak_memory_mb(device: torch.device) -> float:
         return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
+def available_memory_mb() -> float | None:
+    """Memory the system can still give processes without swapping (Linux's MemAvailable), in MiB; None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 2**10  # kB
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
 def current_rss_mb() -> float:
     """The resident set size of this process now (Linux)."""
     with open("/proc/self/statm") as f:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from sepdense.measure import synchronized_clock
+from sepdense.measure import available_memory_mb, peak_memory_mb, synchronized_clock
 
 log = logging.getLogger("sepdense")
 
@@ -21,6 +21,16 @@ def duration(seconds: float) -> str:
     if hours:
         return f"{hours} h {minutes:02d} min"
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def memory_line(peak_mb: float, free_mb: float | None) -> str:
+    """The run's memory so far on a CPU, and a warning when the machine has little left beside it."""
+    line = f" Memory: {peak_mb / 1024:.1f} GB at its peak so far"
+    if free_mb is not None and free_mb < 0.25 * peak_mb:
+        return line + (f", and this machine has only {free_mb / 1024:.1f} GB free beside it: expect swapping, which "
+                       f"slows training many times; lower data.batch_size or the network's size, or close other "
+                       f"programs.")  # fmt: skip
+    return line + "."
 
 
 def estimate_line(step_s: float, steps_left: int, epoch: int, max_epochs: int | None) -> str:
@@ -81,7 +91,11 @@ class EpochLog(pl.Callback):
         elif self._seen == warmup + timed:
             step_s = (self._now(trainer) - (self._timed_from or self._epoch_start)) / timed
             steps_left = max(0, int(trainer.estimated_stepping_batches) - trainer.global_step)
-            log.info(estimate_line(step_s, steps_left, trainer.current_epoch, trainer.max_epochs))
+            line = estimate_line(step_s, steps_left, trainer.current_epoch, trainer.max_epochs)
+            device = trainer.strategy.root_device
+            if device.type == "cpu":  # a GPU's memory runs out with an error, a CPU's by swapping without one
+                line += memory_line(peak_memory_mb(device), available_memory_mb())
+            log.info(line)
             self._estimated = True
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
