@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
@@ -101,3 +102,15 @@ def smoke_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_entry("train.py", "-m", *SMOKE, "model.conv=separable,standard", "seed=0,1", log_dir=log_dir)
     (sweep_dir,) = (log_dir / "train" / "multiruns").iterdir()
     return sweep_dir
+
+
+def entry_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config an entry point gets from ``@hydra.main``, for calling it in this process (no torch import again)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+    return cfg

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR
+from conftest import CONF_DIR, entry_config
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import open_dict
 from torch import nn
 
 from sepdense.bench.deploy import benchmark_deploy
@@ -124,18 +123,6 @@ def test_deploy_level_has_a_row_per_conv_type_and_precision(tmp_path: Path) -> N
         separable = ratios[("separable ÷ standard", precision)]
         assert separable["mac_ratio"] < 1 and separable["latency_b1_1thread_ms_ratio"] > 0
     assert "Deployed: ONNX Runtime" in (tmp_path / "results.md").read_text()
-
-
-def entry_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config an entry point gets from ``@hydra.main``, for calling it in this process (no torch import again)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 def test_export_then_int8_evaluation_reach_the_runs_report(

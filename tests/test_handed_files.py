@@ -10,27 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF_DIR, SMOKE, run_entry
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from conftest import SMOKE, entry_config, run_entry
+from omegaconf import DictConfig, OmegaConf
 
 from sepdense.cli import find_user_error
 from sepdense.runs import CONFIG_FILE
 from sepdense.tracking import TRACKERS_FILE
-
-
-def entry_config(name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config an entry point gets from ``@hydra.main``, for calling it in this process."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-    return cfg
 
 
 def opens(marker: Path) -> str:
