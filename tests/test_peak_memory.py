@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from conftest import SMOKE
 
+from sepdense.callbacks.timing import Timing
 from sepdense.train import train
 
 # One epoch of two steps without testing or measuring the model: the peak is that of fitting.
@@ -21,3 +23,37 @@ def test_a_small_run_after_a_large_one_in_the_same_process_reports_its_own_peak(
     # Measured on a 2-core VM: 916, 1663 and 933 MB; before the fix the last was 1793 (the large run's peak and more).
     assert large > alone + 300, (alone, large)  # the large run needs that much more: a carry-over would show
     assert after < alone + 0.25 * (large - alone), (alone, large, after)
+
+
+class Epoch:
+    """Just what Timing reads of a trainer and a module at an epoch's end, on the CPU."""
+
+    strategy = type("Strategy", (), {"root_device": torch.device("cpu")})()
+    world_size = 1
+
+    @staticmethod
+    def log(*args: object, **kwargs: object) -> None:
+        pass
+
+
+def test_a_resumed_run_reports_the_peak_of_every_process_it_ran_in() -> None:
+    """The peak before a resume comes back from the checkpoint, so a run cut into sessions reports the peak of all
+    of them; not from a checkpoint of another kind of device, whose peak is a different measure."""
+    first = Timing()
+    first.on_fit_start(Epoch, Epoch)
+    first.on_train_epoch_end(Epoch, Epoch)
+    saved = first.state_dict()
+    assert saved["peak_mb"] == ["cpu", first.final["memory/peak_mb"]]
+
+    for device, carried in (("cpu", True), ("cuda", False)):
+        resumed = Timing()
+        resumed.load_state_dict({**saved, "peak_mb": [device, 1e7]})  # 10 TB: more than this process ever uses
+        resumed.on_fit_start(Epoch, Epoch)
+        resumed.on_train_epoch_end(Epoch, Epoch)
+        assert (resumed.final["memory/peak_mb"] == 1e7) is carried, device
+    # A checkpoint saved before the peak was kept has its last epoch's peak among its final figures.
+    older = Timing()
+    older.load_state_dict({"fit_s": 1.0, "final": {"memory/peak_mb": 1e7}})
+    older.on_fit_start(Epoch, Epoch)
+    older.on_train_epoch_end(Epoch, Epoch)
+    assert older.final["memory/peak_mb"] == 1e7

@@ -33,6 +33,7 @@ from sepdense.callbacks.epoch_log import estimate_line, memory_line
 from sepdense.cli import quiet_libraries
 from sepdense.report import ReportCallback, write_report
 from sepdense.report.figures import plot_tradeoff
+from sepdense.report.measured import settle_costs
 from sepdense.report.tradeoff import Point
 from sepdense.runs import CONFIG_FILE, METRICS_FILE, Run, load_run
 
@@ -331,7 +332,7 @@ def test_every_ratio_in_the_findings_is_of_two_numbers_the_headline_shows(tmp_pa
     findings = json.loads((sweep / "report" / "summary.json").read_text())["findings"]
     ratios = re.findall(r"([\d.]+)× the ([^;]+?) \(([\d,.]+) (\S+) vs ([\d,.]+) \S+\)", findings)
     assert {name for _, name, *_ in ratios} == {
-        "parameters", "forward MACs per image", "training time per epoch, without validation",
+        "parameters", "forward MACs per image", "median training time per epoch, without validation",
         "fit time, all epochs with validation", "process peak resident memory during fit, CPU", "latency, batch 1",
     }  # fmt: skip
     for ratio, name, other, unit, base in ratios:
@@ -339,7 +340,7 @@ def test_every_ratio_in_the_findings_is_of_two_numbers_the_headline_shows(tmp_pa
         shown = {conv: rows[conv][column].split(" ± ")[0] for conv in rows}  # the mean, as the headline shows it
         assert (shown["separable"], shown["standard"]) == (other, base), column
         assert float(ratio) == pytest.approx(float(other.replace(",", "")) / float(base.replace(",", "")), abs=0.006)
-    assert "0.83× the training time per epoch, without validation (0.415 s vs 0.500 s)" in findings
+    assert "0.83× the median training time per epoch, without validation (0.415 s vs 0.500 s)" in findings
 
 
 def test_two_seeds_say_why_they_cannot_decide_and_what_each_seed_shows(tmp_path: Path) -> None:
@@ -405,3 +406,19 @@ def test_layer_gap_ticks_are_plain_numbers_around_every_line() -> None:
     lowest_mac = min(r["mac_ratio_measured"] for r in rows)
     assert min(ticks) <= lowest_mac and low == pytest.approx(min(ticks))  # a labelled tick at or below the MACs
     assert max(ticks) >= 1.2 and high == pytest.approx(max(ticks))
+
+
+def test_per_epoch_costs_are_summed_up_over_all_epochs_not_taken_from_the_last(tmp_path: Path) -> None:
+    """Time per epoch and images/s are the medians of their curves (an epoch slowed by other work moves them
+    little); the peak memory is the largest logged (a resumed run's first process may have peaked higher)."""
+    curves = {"time/train_epoch_s": [(0, 95.0), (1, 90.0), (2, 92.0), (3, 250.0)],
+              "time/train_images_per_s": [(0, 470.0), (1, 500.0), (2, 489.0), (3, 180.0)],
+              "memory/peak_mb": [(0, 1660.0), (1, 1660.0), (2, 1480.0), (3, 1480.0)]}  # fmt: skip
+    last_epoch = {"time/train_epoch_s": 250.0, "time/train_images_per_s": 180.0, "memory/peak_mb": 1480.0}
+    run = Run(path=tmp_path, name="cut-and-resumed", metrics=dict(last_epoch), curves=curves)
+    settle_costs(run)
+    assert run.metrics["time/train_epoch_s"] == 93.5 and run.metrics["time/train_images_per_s"] == 479.5
+    assert run.metrics["memory/peak_rss_mb"] == 1660.0  # a CPU run: its resident-memory definition
+    without_curves = Run(path=tmp_path, name="metrics only", metrics=dict(last_epoch))
+    settle_costs(without_curves)
+    assert without_curves.metrics == last_epoch | {"memory/peak_rss_mb": 1480.0}

@@ -30,9 +30,10 @@ LATENCY_METHOD = "eager, eval mode, batch 1, median of repeated calls after a wa
 # What memory/peak_mb is; shown beside every peak-memory figure. The same alone or as one of many jobs of a sweep in a
 # reused worker process: what earlier jobs freed is handed back before the count starts.
 PEAK_MEMORY_METHOD = (
-    "peak from the start of fitting to the end of each epoch: on GPU, memory allocated by PyTorch; on CPU, the "
-    "process's resident set size (VmHWM, Linux), counted from a heap whose free memory was handed back to the "
-    "system at that start (so it includes Python, PyTorch and the data in memory, not what earlier sweep jobs freed)"
+    "peak from the start of fitting to the end of each epoch, over every process of a resumed run: on GPU, memory "
+    "allocated by PyTorch; on CPU, the process's resident set size (VmHWM, Linux), counted from a heap whose free "
+    "memory was handed back to the system at that start (so it includes Python, PyTorch and the data in memory, not "
+    "what earlier sweep jobs freed)"
 )
 
 

@@ -39,6 +39,8 @@ RUN_FOLDERS = (CONFIG_FILE.parent.name, TENSORBOARD_DIR, CHECKPOINT_DIR, "csv", 
 DATA_IDENTITY = ("data_source", "test_fingerprint")
 # Per-epoch scalars that make the learning curves.
 CURVES = ("train/loss", "val/loss", "train/acc", "val/acc")
+# Per-epoch costs, which the report sums up over all epochs rather than take from the last one.
+COST_CURVES = ("time/train_epoch_s", "time/train_images_per_s", "memory/peak_mb")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -231,7 +233,7 @@ def load_run(path: Path, root: Path | None = None) -> Run:
         run.conv = str(OmegaConf.select(run.config, "model.conv", default="?"))
         run.seed = OmegaConf.select(run.config, "seed", default=None)
         if (path / TENSORBOARD_DIR).is_dir():
-            run.curves = read_curves(path / TENSORBOARD_DIR)
+            run.curves = read_curves(path / TENSORBOARD_DIR, tags=(*CURVES, *COST_CURVES))
         if not (path / METRICS_FILE).is_file():
             # Killed or still running: the epochs it has validated so far, of those its config plans.
             run.epochs_done = len(run.curves.get("val/acc", []))

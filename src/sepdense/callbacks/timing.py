@@ -15,9 +15,10 @@ class Timing(SummaryCallback):
     ``memory/peak_mb`` every epoch; ``time/fit_s`` at the end goes only into its ``summary()``, with the last
     epoch's values.
 
-    ``time/fit_s`` counts every process of a resumed run: the time trained before is kept in the
-    checkpoints (``state_dict``). ``memory/peak_mb`` is defined by ``sepdense.measure.PEAK_MEMORY_METHOD``: each
-    run's (and each sweep job's) own, from the start of its fitting.
+    ``time/fit_s`` and ``memory/peak_mb`` count every process of a resumed run: the time trained before, and the
+    peak so far, are kept in the checkpoints (``state_dict``). ``memory/peak_mb`` is defined by
+    ``sepdense.measure.PEAK_MEMORY_METHOD``: each run's (and each sweep job's) own, from the start of its fitting;
+    a resume on another kind of device starts its peak anew, since the two are different measures.
 
     Train time runs from the epoch start to the start of that epoch's validation (Lightning
     validates inside the training epoch), so it excludes validation. On GPU the clock reads
@@ -30,6 +31,8 @@ class Timing(SummaryCallback):
         self._train_s: float | None = None
         self._images = self._steps = 0
         self._fit_s_before = 0.0  # fitting time of the processes before a resume
+        # (device type, peak MB) of the processes before a resume
+        self._peak_before: tuple[str | None, float] | None = None
         self._trainer: pl.Trainer | None = None
 
     @staticmethod
@@ -64,7 +67,7 @@ class Timing(SummaryCallback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         train_s = self._train_s if self._train_s is not None else self._now(trainer) - self._epoch_start
-        values = {"time/train_epoch_s": train_s, "memory/peak_mb": peak_memory_mb(trainer.strategy.root_device)}
+        values = {"time/train_epoch_s": train_s, "memory/peak_mb": self._peak_mb(trainer)}
         if self._steps:
             # Every rank trains its own shard at the same time, so throughput scales with world size.
             values["time/train_images_per_s"] = self._images * trainer.world_size / train_s
@@ -74,13 +77,27 @@ class Timing(SummaryCallback):
     def _fit_s(self, trainer: pl.Trainer) -> float:
         return self._fit_s_before + self._now(trainer) - self._fit_start
 
-    def state_dict(self) -> dict[str, float]:
+    def _peak_mb(self, trainer: pl.Trainer) -> float:
+        device = trainer.strategy.root_device
+        now = peak_memory_mb(device)
+        before = self._peak_before
+        return max(now, before[1]) if before is not None and before[0] in (device.type, None) else now
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._trainer is None:
+            return {}
         # The last epoch's figures too: a resume with no epoch left to train reports them.
-        return {"fit_s": self._fit_s(self._trainer), "final": dict(self.final)} if self._trainer is not None else {}
+        return {"fit_s": self._fit_s(self._trainer), "final": dict(self.final),
+                "peak_mb": [self._trainer.strategy.root_device.type, self._peak_mb(self._trainer)]}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._fit_s_before = float(state_dict.get("fit_s", 0.0))
         self.final.update(state_dict.get("final", {}))
+        peak = state_dict.get("peak_mb")
+        if isinstance(peak, list) and len(peak) == 2:
+            self._peak_before = (str(peak[0]), float(peak[1]))
+        elif "memory/peak_mb" in self.final:  # saved before the peak was kept: its last epoch's, on the same device
+            self._peak_before = (None, float(self.final["memory/peak_mb"]))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # One number per run: it goes to metrics.json and the HPARAMS tab, not to a one-point curve.

@@ -26,11 +26,11 @@ class Figure:
 
 # The costs of the headline, the findings' ratios and the efficiency table: each ratio in the findings is of two
 # numbers shown under the same header. Peak memory is measured differently on each device (``measure.py``), so
-# it is two figures, named by what each is; ``relabel_memory`` files a run's ``memory/peak_mb`` under one of them.
+# it is two figures, named by what each is; ``settle_costs`` files a run's ``memory/peak_mb`` under one of them.
 COSTS = (
     Figure("model/params", "parameters (M)", 1e-6),
     Figure("model/macs", "forward MACs per image (M)", 1e-6),
-    Figure("time/train_epoch_s", "training time per epoch, without validation (s)"),
+    Figure("time/train_epoch_s", "median training time per epoch, without validation (s)"),
     Figure("time/fit_s", "fit time, all epochs with validation ({unit})"),
     Figure("memory/peak_rss_mb", "process peak resident memory during fit, CPU (MB)"),
     Figure("memory/peak_cuda_mb", "peak CUDA memory allocated during fit, GPU (MB)"),

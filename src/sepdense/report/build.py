@@ -24,7 +24,7 @@ from sepdense.report.deployed import deployed_section
 from sepdense.report.figures import plot_confusion, plot_conv_curves, plot_run_curves, plot_tradeoff
 from sepdense.report.findings import findings
 from sepdense.report.headline import headline_rows
-from sepdense.report.measured import data_descriptions, relabel_memory
+from sepdense.report.measured import data_descriptions, settle_costs
 from sepdense.report.recipe import dataset, differences, setting_label, varying_settings
 from sepdense.report.significance import (
     HOLM,
@@ -173,7 +173,7 @@ def write_report(root: Path) -> Path:
     runs = [load_run(p, root) for p in find_run_dirs(root)]
     check_conv_types(runs)
     for run in runs:
-        relabel_memory(run)
+        settle_costs(run)
     groups = by_conv(runs)
     complete = [r for rs in groups.values() for r in rs]
     keys = varying_settings(complete)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -37,10 +38,20 @@ def device(run: Run) -> str:
     return "gpu" if environment(run).get("gpus") else "cpu"
 
 
-def relabel_memory(run: Run) -> None:
-    """File the run's ``memory/peak_mb`` under the definition it was measured by on its device (see ``MEMORY``)."""
+def settle_costs(run: Run) -> None:
+    """One figure per per-epoch cost, over all the run's epochs where its curves are saved (else its last epoch's):
+    training time per epoch and images/s, the median (an epoch slowed by other work on the machine, or by a
+    resume's start, moves it little); the peak memory, the largest (that of every process of a resumed run, also
+    for runs saved before their checkpoints kept it), filed under the definition it was measured by on its device
+    (see ``MEMORY``)."""
+    if not run.metrics:
+        return
+    for tag in ("time/train_epoch_s", "time/train_images_per_s"):
+        if run.curves.get(tag):
+            run.metrics[tag] = statistics.median(value for _, value in run.curves[tag])
     if "memory/peak_mb" in run.metrics:
-        run.metrics[MEMORY[device(run)]] = run.metrics["memory/peak_mb"]
+        logged = [value for _, value in run.curves.get("memory/peak_mb", [])]
+        run.metrics[MEMORY[device(run)]] = max([run.metrics["memory/peak_mb"], *logged])
 
 
 def machine(run: Run) -> str:
