@@ -67,15 +67,15 @@ class DeadlineSoon(HydraCallback):
     falls inside a job; this makes it fall there.
     """
 
-    def __init__(self, seconds: float = 0.5) -> None:
-        self.seconds, self.moved = seconds, False
+    def __init__(self, seconds: float = 0.5, per_seed: float = 0.0) -> None:
+        self.seconds, self.per_seed, self.moved = seconds, per_seed, False
 
     def on_job_start(self, config: Any, **kwargs: Any) -> None:
         from sepdense import stopping
 
-        if not self.moved:
+        if not self.moved:  # each process of a parallel sweep moves its own clock: ``per_seed`` later per seed
             limit = stopping.time_limit_seconds(config.time_limit)
-            stopping.INVOCATION_START = time.monotonic() - limit + self.seconds
+            stopping.INVOCATION_START = time.monotonic() - limit + self.seconds + self.per_seed * (config.seed or 0)
             self.moved = True
 
 

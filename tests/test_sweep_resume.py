@@ -156,3 +156,24 @@ def test_an_optuna_search_with_a_diverging_trial_goes_on(tmp_path: Path) -> None
     assert sorted(r["complete"] for r in records) == [False, True]  # seed 0's sampler tries both learning rates
     assert "recorded as failed; the sweep goes on" in result.stderr
     assert OmegaConf.load(sweep_dir / "optimization_results.yaml").best_params["optimizer.lr"] == 0.1
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_at_its_time_limit_saves_every_job_where_it_stopped(tmp_path: Path) -> None:
+    """Two jobs at once (joblib): the one that reaches the time limit first stops without ending the other, which
+    goes on to its own deadline (3 s later here) and saves its step too; the command then exits with 124."""
+    sweep = ["train.py", "-m", *SMOKE, "hydra/launcher=local_parallel", "seed=0,1", "trainer.max_epochs=50"]
+    deadline = ["+hydra.callbacks.deadline._target_=kill_at.DeadlineSoon", "+hydra.callbacks.deadline.per_seed=3"]
+    cut = run_entry(*sweep, "time_limit=00:00:10:00", *deadline, log_dir=tmp_path, check=False, env=WITH_KILL_AT)
+    assert cut.returncode == TIME_LIMIT_EXIT, cut.stderr[-3000:]
+    (line,) = [x for x in cut.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: Time limit time_limit=00:00:10:00 reached: 2 run(s) not finished (")
+    assert " ".join(sweep[1:]) in line and line.endswith("resume=true")
+    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    jobs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    assert len(jobs) == 2
+    for job in jobs:
+        saved = json.loads((job / "metrics.json").read_text())
+        assert saved["stopped_by"] == "time_limit" and saved["complete"] is False, job.name
+        assert "SIGTERM: saved epoch" in (job / "train.log").read_text(), job.name  # its very step, not an epoch's
+        assert 0 < load_checkpoint(job / "checkpoints" / "last.ckpt")["global_step"] < 50 * 4

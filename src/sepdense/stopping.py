@@ -10,14 +10,48 @@ and the run directory's reader (``sepdense.runs``).
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+
 from sepdense.errors import ConfigError
 
+# The command that started a sweep's worker processes (joblib), and when: "<pid>:<wall-clock start>", inherited by
+# them, so that a job in a worker counts its time limit from the command's start, not from its worker's.
+INVOCATION_ENV = "SEPDENSE_INVOCATION"
+
+
+def _invocation_start() -> float:
+    """The command's start on this process's monotonic clock: now, or, in a worker of a parallel sweep, the start
+    of the command that launched it (started later, the worker would otherwise get more time than the command)."""
+    now = time.monotonic()
+    pid, _, started = os.environ.get(INVOCATION_ENV, "").partition(":")
+    if pid == str(os.getppid()):
+        try:
+            return now - max(0.0, time.time() - float(started))
+        except ValueError:
+            pass
+    return now
+
+
 # This module is imported by the entry points' first import (sepdense.cli): the command's start.
-INVOCATION_START = time.monotonic()
+INVOCATION_START = _invocation_start()
+
+
+def share_start_with_workers() -> None:
+    """Before a sweep starts its worker processes: tell them when this command started (see ``INVOCATION_ENV``)."""
+    os.environ[INVOCATION_ENV] = f"{os.getpid()}:{time.time() - (time.monotonic() - INVOCATION_START)}"
+
+
+def in_worker_process() -> bool:
+    """Whether this process is a job of a parallel sweep, in a worker its command started (not the command itself)."""
+    return os.environ.get(INVOCATION_ENV, "").partition(":")[0] == str(os.getppid())
+
+
 TIME_LIMIT_FORMAT = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")
 # The exit status of a command stopped by its time limit (as coreutils' `timeout` uses).
 TIME_LIMIT_EXIT = 124
@@ -41,6 +75,20 @@ def time_left(limit: Any) -> float | None:
     """Seconds left of this command's time limit (negative once it has passed; None: no limit)."""
     seconds = time_limit_seconds(limit)
     return None if seconds is None else seconds - (time.monotonic() - INVOCATION_START)
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and str(HydraConfig.get().mode).endswith("MULTIRUN")
+
+
+def continue_command(sweep: bool | None = None) -> str:
+    """The command that continues this run, or the sweep it belongs to (``sweep``; by default, whether Hydra runs a
+    multirun): the same overrides with resume=true."""
+    if is_multirun() if sweep is None else sweep:
+        argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("train.py") else ["-m", "<the sweep's overrides>"]
+    else:
+        argv = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return " ".join(["python train.py", *(a for a in argv if not a.lstrip("+~").startswith("resume=")), "resume=true"])
 
 
 def fit_ending(epochs_done: int, epochs_planned: int | None, steps_done: int, steps_planned: int,

@@ -48,10 +48,13 @@ from sepdense.stopping import (
     FAILURE,
     FAILURE_REPEATS,
     TIME_LIMIT_EXIT,
+    continue_command,
     failed,
     fit_ending,
+    in_worker_process,
     interrupted,
     is_complete,
+    is_multirun,
     time_left,
 )
 from sepdense.tracking import build_loggers, finish_tracking
@@ -115,19 +118,6 @@ def nothing_to_resume(cfg: DictConfig) -> str:
         + (f" (runs with checkpoints there: {listed}; resume=<run dir> continues one of them)" if listed else "")
         + "; to start a new run, leave out resume=true."
     )
-
-
-def is_multirun() -> bool:
-    return HydraConfig.initialized() and str(HydraConfig.get().mode).endswith("MULTIRUN")
-
-
-def continue_command() -> str:
-    """The command that continues this run, or the sweep it belongs to: the same overrides with resume=true."""
-    if is_multirun():
-        argv = sys.argv[1:] if sys.argv and sys.argv[0].endswith("train.py") else ["-m", "<the sweep's overrides>"]
-    else:
-        argv = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    return " ".join(["python train.py", *(a for a in argv if not a.lstrip("+~").startswith("resume=")), "resume=true"])
 
 
 def stop_interrupted(callbacks: list[Any], trainer: pl.Trainer, output_dir: Path, err: BaseException,
@@ -209,6 +199,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return _train(cfg, output_dir, started)
     except Exception as err:
         error = find_user_error(err)
+        if isinstance(error, RunInterrupted) and error.exit_code == TIME_LIMIT_EXIT and in_worker_process():
+            # A job of a parallel sweep: the jobs beside it stop at the same deadline and save their steps too,
+            # which they could not if this raised (joblib would end them at once). The sweep's end says how to
+            # continue, and exits with 124.
+            log.warning("%s", error)
+            saved = output_dir / METRICS_FILE
+            return json.loads(saved.read_text()) if saved.is_file() else {"complete": False, "stopped_by": "time_limit"}
         if error is None or isinstance(error, RunInterrupted):  # a stop on a signal or the time limit ends a sweep
             raise
         if is_multirun():
