@@ -34,8 +34,9 @@ def live_objects() -> tuple[int, int, int]:
     """What a leak would pile up: Python objects, tensors, and the bytes those tensors hold (after a collection)."""
     gc.collect()
     objects = gc.get_objects()
-    tensors = [o for o in objects if isinstance(o, torch.Tensor)]
-    return len(objects), len(tensors), sum(t.untyped_storage().nbytes() for t in tensors if not t.is_meta)
+    # Plain tensors and parameters: not the fake and symbolic-sized ones that compiling in an earlier test leaves.
+    tensors = [o for o in objects if type(o) in (torch.Tensor, torch.nn.Parameter) and not o.is_meta]
+    return len(objects), len(tensors), sum(t.untyped_storage().nbytes() for t in tensors)
 
 
 class Halfway(pl.Callback):
@@ -77,11 +78,12 @@ def test_a_hundred_epochs_end_where_the_schedule_says_without_growing_and_resume
     # Nothing piles up from epoch to epoch: no tensors kept from a step (a loss, activations, outputs), no
     # figure or Python objects per epoch. Counted, not read off the resident size: with reuse_freed_memory,
     # glibc never trims its heap, and fragmentation alone grew it 37 MB from epoch 50 to 99 on one CI machine
-    # (and -4 MB on another). Measured here: 412 tensors of 4.0 MB at epochs 10, 50 and 99, and 504,820,
-    # 504,834 and 504,836 Python objects in the test process; a figure per epoch would add thousands.
+    # (and -4 MB on another). Measured here, alone: 412 tensors of 4.0 MB at epochs 10, 50 and 99, and +14 then +2
+    # Python objects; run after the rest of the suite in one process, +2,515 then +296 objects (levelling off). A
+    # matplotlib figure kept per epoch would add thousands of objects every epoch, a step's tensors a tensor.
     (objects_50, tensors_50, bytes_50), (objects_99, tensors_99, bytes_99) = (Halfway.latest.live[e] for e in (50, 99))
     assert tensors_99 <= tensors_50 and bytes_99 <= bytes_50, Halfway.latest.live
-    assert objects_99 - objects_50 < 250, Halfway.latest.live
+    assert objects_99 - objects_50 < 1000, Halfway.latest.live
     memory = Halfway.latest.memory_mb  # coarse: a leak of megabytes per epoch still shows here
     assert memory[EPOCHS - 1] - memory[EPOCHS // 2] < 100, {e: round(memory[e]) for e in (1, 10, 50, EPOCHS - 1)}
     sizes = {p: p.stat().st_size for p in run_dir.rglob("*") if p.is_file()}

@@ -43,7 +43,7 @@ def test_a_resumed_run_reports_the_peak_of_every_process_it_ran_in() -> None:
     first.on_fit_start(Epoch, Epoch)
     first.on_train_epoch_end(Epoch, Epoch)
     saved = first.state_dict()
-    assert saved["peak_mb"] == ["cpu", first.final["memory/peak_mb"]]
+    assert saved["peak_mb"][0] == "cpu" and saved["peak_mb"][1] >= first.final["memory/peak_mb"]  # read later
 
     for device, carried in (("cpu", True), ("cuda", False)):
         resumed = Timing()
