@@ -161,9 +161,9 @@ def test_an_optuna_search_with_a_diverging_trial_goes_on(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_a_parallel_sweep_at_its_time_limit_saves_every_job_where_it_stopped(tmp_path: Path) -> None:
     """Two jobs at once (joblib): the one that reaches the time limit first stops without ending the other, which
-    goes on to its own deadline (3 s later here) and saves its step too; the command then exits with 124."""
-    sweep = ["train.py", "-m", *SMOKE, "hydra/launcher=local_parallel", "seed=0,1", "trainer.max_epochs=50"]
-    deadline = ["+hydra.callbacks.deadline._target_=kill_at.DeadlineSoon", "+hydra.callbacks.deadline.per_seed=3"]
+    goes on to its own deadline (5 s later here) and saves its step too; the command then exits with 124."""
+    sweep = ["train.py", "-m", *SMOKE, "hydra/launcher=local_parallel", "seed=0,1", "trainer.max_epochs=100"]
+    deadline = ["+hydra.callbacks.deadline._target_=kill_at.DeadlineSoon", "+hydra.callbacks.deadline.per_seed=5"]
     cut = run_entry(*sweep, "time_limit=00:00:10:00", *deadline, log_dir=tmp_path, check=False, env=WITH_KILL_AT)
     assert cut.returncode == TIME_LIMIT_EXIT, cut.stderr[-3000:]
     (line,) = [x for x in cut.stderr.splitlines() if x.startswith("error: ")]
@@ -172,8 +172,10 @@ def test_a_parallel_sweep_at_its_time_limit_saves_every_job_where_it_stopped(tmp
     (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
     assert len(jobs) == 2
+    steps = {}
     for job in jobs:
         saved = json.loads((job / "metrics.json").read_text())
         assert saved["stopped_by"] == "time_limit" and saved["complete"] is False, job.name
         assert "SIGTERM: saved epoch" in (job / "train.log").read_text(), job.name  # its very step, not an epoch's
-        assert 0 < load_checkpoint(job / "checkpoints" / "last.ckpt")["global_step"] < 50 * 4
+        steps[job.name.split("seed=")[1][0]] = load_checkpoint(job / "checkpoints" / "last.ckpt")["global_step"]
+    assert 0 < steps["0"] < steps["1"] < 100 * 4, steps  # seed 1 trained on after seed 0 had stopped

@@ -113,6 +113,21 @@ def failed_runs(root: Path) -> list[tuple[str, str]]:
     return failed
 
 
+def stopped_runs(root: Path) -> list[str]:
+    """Names of the runs at or below ``root`` that the time limit stopped, or that never saved a record (not started
+    because the limit had passed, or killed); read from each metrics.json, as ``failed_runs`` is."""
+    stopped = []
+    for run_dir in find_run_dirs(root):
+        try:
+            record = json.loads((run_dir / METRICS_FILE).read_text())
+        except (OSError, ValueError):
+            stopped.append(run_dir.name)
+            continue
+        if isinstance(record, dict) and not is_complete(record) and record.get("stopped_by") == "time_limit":
+            stopped.append(run_dir.name)
+    return stopped
+
+
 def last_checkpoint(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
 

@@ -48,8 +48,12 @@ def share_start_with_workers() -> None:
 
 
 def in_worker_process() -> bool:
-    """Whether this process is a job of a parallel sweep, in a worker its command started (not the command itself)."""
-    return os.environ.get(INVOCATION_ENV, "").partition(":")[0] == str(os.getppid())
+    """Whether this process is a job of a parallel sweep, in a worker its command started: a multirun whose launcher
+    runs jobs outside the command's process (not Hydra's basic one), and whose command shared its start with it."""
+    if not is_multirun() or os.environ.get(INVOCATION_ENV, "").partition(":")[0] != str(os.getppid()):
+        return False
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    return not launcher.endswith(".BasicLauncher")
 
 
 TIME_LIMIT_FORMAT = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")

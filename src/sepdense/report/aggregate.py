@@ -36,7 +36,7 @@ COSTS = (
     Figure("memory/peak_cuda_mb", "peak CUDA memory allocated during fit, GPU (MB)"),
     Figure("model/latency_b1_ms", "latency, batch 1 (ms)"),
 )
-THROUGHPUT = Figure("time/train_images_per_s", "training images/s")
+THROUGHPUT = Figure("time/train_images_per_s", "median training images/s")
 MEMORY = {"cpu": "memory/peak_rss_mb", "gpu": "memory/peak_cuda_mb"}
 
 Stats = dict[str, dict[str, float]]  # metric -> {"mean", "std", "n"}

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from sepdense.report.build import write_report
 from sepdense.report.headline import run_summary
-from sepdense.runs import REPORT_DIR, failed_runs
+from sepdense.runs import REPORT_DIR, failed_runs, stopped_runs
 from sepdense.stopping import INVOCATION_ENV, TIME_LIMIT_EXIT, continue_command, share_start_with_workers
 from sepdense.tracking import log_report
 
@@ -35,8 +35,7 @@ class ReportCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.pop(INVOCATION_ENV, None)  # the workers are gone; a later command from this process is its own
         root = Path(config.hydra.sweep.dir)
-        written = self._write(root)
-        if written:
+        if self._write(root):
             print(sweep_summary(root))
         # Failed jobs were recorded and the sweep went on; its exit status says that some failed.
         failed = failed_runs(root)
@@ -46,10 +45,10 @@ class ReportCallback(Callback):
                   f"same command runs them again, except those whose loss diverged (add retry_failed=true).",
                   file=sys.stderr)  # fmt: skip
         # A parallel sweep's jobs that the time limit stopped returned (each saved its step); here it ends the command.
-        unfinished = unfinished_runs(root) if written and config.get("time_limit") else []
+        unfinished = stopped_runs(root) if config.get("time_limit") else []
         if unfinished:
             print(f"error: Time limit time_limit={config.time_limit} reached: {len(unfinished)} run(s) not finished "
-                  f"({', '.join(unfinished)}), each saved where it stopped. Continue with: "
+                  f"({', '.join(unfinished)}); those that were running saved where they stopped. Continue with: "
                   f"{continue_command(sweep=True)}", file=sys.stderr)  # fmt: skip
             raise SystemExit(TIME_LIMIT_EXIT)
         if failed:
@@ -70,12 +69,6 @@ class ReportCallback(Callback):
             print(f"[sepdense] could not write the report for {root} ({type(err).__name__}: {err}); "
                   f"run `python -m sepdense.report {root}` to retry.")  # fmt: skip
             return False
-
-
-def unfinished_runs(root: Path) -> list[str]:
-    """The runs of a sweep that are neither complete nor failed (stopped, or not started), from its summary.json."""
-    runs = json.loads((root / REPORT_DIR / "summary.json").read_text())["runs"]
-    return [r["run"] for r in runs if not r["complete"] and not str(r["status"]).startswith("failed")]
 
 
 def sweep_summary(root: Path) -> str:
