@@ -193,9 +193,14 @@ def compose_every_job(config_name: str, overrides: list[str], multirun: bool) ->
 
 
 def check_report_command(arguments: list[str]) -> None:
-    """`python -m sepdense.report <run-or-sweep-dir>` takes one directory and no options (its argparse usage); it
-    has no config to compose, and importing it would load the whole report stack, so its module file is checked."""
-    assert (ROOT / "src" / "sepdense" / "report" / "__main__.py").is_file()
+    """`python -m sepdense.report <run-or-sweep-dir> [--publish <folder>]` takes one directory and one option (its
+    argparse usage); it has no config to compose, and importing it would load the whole report stack, so its module
+    file is checked."""
+    main = ROOT / "src" / "sepdense" / "report" / "__main__.py"
+    assert main.is_file()
+    if arguments[1:2] == ["--publish"]:
+        assert len(arguments) == 3 and '"--publish"' in main.read_text(), f"expected --publish <folder>: {arguments}"
+        arguments = arguments[:1]
     assert len(arguments) == 1 and not arguments[0].startswith("-"), f"expected one run or sweep directory: {arguments}"
 
 

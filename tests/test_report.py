@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import yaml
 from conftest import CONF_DIR, ROOT
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -35,7 +36,16 @@ from sepdense.report import ReportCallback, write_report
 from sepdense.report.figures import plot_tradeoff
 from sepdense.report.measured import settle_costs
 from sepdense.report.tradeoff import Point
-from sepdense.runs import CONFIG_FILE, METRICS_FILE, Run, load_run
+from sepdense.runs import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    OVERRIDES_FILE,
+    Run,
+    find_run_dirs,
+    load_run,
+    planned_jobs,
+    unstarted_jobs,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -209,6 +219,59 @@ def test_a_comparison_part_way_reports_only_its_complete_runs(tmp_path: Path, ca
     assert "| separable_s3 | in progress 3/100 epochs | in progress 3/100 epochs |" in printed
     assert "| standard_s3 | incomplete 2/100 epochs |" in printed
     assert f"sweep directory: {sweep}\nreport: {sweep / 'report' / 'report.md'}" in printed
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def save_sweep_plan(sweep: Path, params: dict[str, str], task: list[str], sweeper: str = BASIC_SWEEPER) -> None:
+    """The part of the multirun.yaml Hydra saves in a sweep's directory that says which jobs it plans."""
+    sweep.mkdir(parents=True, exist_ok=True)
+    plan = {"hydra": {"sweeper": {"_target_": sweeper, "params": params}, "overrides": {"task": task}}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(plan))
+
+
+def test_a_sweep_stopped_before_some_jobs_started_counts_and_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    sweep = tmp_path / "sweep"
+    comparison_part_way(sweep)  # both conv types × seeds 0-3 have run directories
+    for run_dir in find_run_dirs(sweep):
+        run = load_run(run_dir)
+        (run_dir / OVERRIDES_FILE).write_text(yaml.safe_dump([f"model.conv={run.conv}", f"seed={run.seed}",
+                                                              "experiment=comparison"]))  # fmt: skip
+    # Seeds 0-4 planned: the time limit came before joblib started either seed-4 job.
+    save_sweep_plan(sweep, {"model.conv": "standard,separable", "seed": "0,1"},
+                    ["experiment=comparison", "seed=range(0,5)", "time_limit=00:01:00:00"])  # fmt: skip
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}, "time_limit": "00:01:00:00"})
+    with pytest.raises(SystemExit) as ended:
+        ReportCallback().on_multirun_end(config)
+    assert ended.value.code == 124
+    printed = capsys.readouterr()
+    assert "[sepdense] sweep: 6 of 10 runs complete (2 not started)" in printed.out
+    assert "4 run(s) not finished (separable_s3, standard_s3, model.conv=standard,seed=4, model.conv=separable," \
+           "seed=4)" in printed.err  # fmt: skip
+    markdown = (sweep / "report" / "report.md").read_text()
+    assert "**6 of 10 runs complete (2 not started).**" in markdown
+    assert "- model.conv=standard,seed=4: not started\n- model.conv=separable,seed=4: not started" in markdown
+    summary = json.loads((sweep / "report" / "summary.json").read_text())
+    assert summary["not_started"] == ["model.conv=standard,seed=4", "model.conv=separable,seed=4"]
+    assert {conv: s["test/acc"]["n"] for conv, s in summary["by_conv"].items()} == {"standard": 3, "separable": 3}
+
+    # The plan as Hydra's basic sweeper reads it: the command line's value of a key wins over the sweeper's params.
+    save_sweep_plan(sweep, {"model.conv": "standard,separable", "seed": "0,1"}, ["seed=3"])
+    assert planned_jobs(sweep) == [("model.conv=standard",), ("model.conv=separable",)] and unstarted_jobs(sweep) == []
+    # Where the plan cannot be told, nothing is counted as not started: another sweeper, a sweep only the config
+    # can list, a run without its overrides.
+    save_sweep_plan(sweep, {"seed": "0,1"}, [], sweeper="hydra_plugins.hydra_optuna_sweeper.OptunaSweeper")
+    assert planned_jobs(sweep) is None
+    save_sweep_plan(sweep, {}, ["model=glob(*)"])
+    assert planned_jobs(sweep) is None
+    save_sweep_plan(sweep, {"seed": "0,1,2,3,4,5"}, [])
+    assert unstarted_jobs(sweep) == ["seed=4", "seed=5"]
+    (sweep / "standard_s0" / OVERRIDES_FILE).unlink()
+    assert unstarted_jobs(sweep) is None
+    assert "**6 of 8 runs complete.**" in (write_report(sweep) / "report.md").read_text()
 
 
 def test_a_run_is_complete_when_it_ran_its_epochs_stopped_early_or_predates_the_flag(tmp_path: Path) -> None:

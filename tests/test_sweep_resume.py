@@ -46,7 +46,9 @@ def test_a_sweep_cut_by_its_time_limit_and_killed_continues_to_the_uninterrupted
     saved = json.loads((first / "metrics.json").read_text())
     assert saved["complete"] is False and saved["stopped_by"] == "time_limit" and "test/acc" not in saved
     report = (write_report(sweep_dir) / "report.md").read_text()
-    assert "0 of 1 run complete" in report and "in progress (0/2 epochs done; stopped by time_limit)" in report
+    assert "0 of 4 runs complete (3 not started)" in report  # the sweep plans 4 jobs (its multirun.yaml)
+    assert "in progress (0/2 epochs done; stopped by time_limit)" in report
+    assert "- model.conv=standard,seed=1: not started" in report
 
     # 2. Continued with the same command, killed once the first job has finished (its report being written).
     killed = run_entry(*SWEEP, "resume=true", "+hydra.callbacks.kill._target_=kill_at.KillAtJobEnd",

@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from sepdense.runs import CHECKPOINT_DIR, CONFIG_FILE, OVERRIDES_FILE, is_run_dir
+from sepdense.runs import CHECKPOINT_DIR, CONFIG_FILE, MULTIRUN_FILE, OVERRIDES_FILE, is_run_dir
 
 RESUME_KEY = "resume"
 # Overrides that do not make a different run: a continued run or sweep may change them.
@@ -27,7 +27,6 @@ NOT_IN_JOB_NAMES = ("paths.root_dir", "paths.data_dir", "paths.log_dir", "data.s
 HASHED_IN_JOB_NAMES = ("paths.data_dir", "data.source.root", "data.source.cache_dir", "ckpt_path")
 # What tells the runs of a comparison apart comes first in a job's name (TensorBoard's run list cuts long names).
 JOB_NAME_FIRST = ("model.conv", "seed")
-MULTIRUN_FILE = "multirun.yaml"
 # Longer job names become conv type, seed and a hash: the report adds file names to them, under the file system's
 # 255-byte limit on a name. Plain characters only (no '/', which would nest directories).
 JOB_NAME_MAX = 160

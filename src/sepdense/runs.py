@@ -8,6 +8,7 @@ layout of a run directory is stated in one place.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from sepdense.stopping import EXTENDED, FAILURE, is_complete
@@ -31,6 +33,8 @@ CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 BEST_CHECKPOINT = "best.ckpt"
 TENSORBOARD_DIR = "tensorboard"
+# What Hydra saves in a sweep's directory: the sweep's config and command (rewritten by each resume=true).
+MULTIRUN_FILE = "multirun.yaml"
 REPORT_DIR = "report"
 LOG_FILE = "train.log"
 # The folders a run (its loggers, Hydra) writes into.
@@ -126,6 +130,50 @@ def stopped_runs(root: Path) -> list[str]:
         if isinstance(record, dict) and not is_complete(record) and record.get("stopped_by") == "time_limit":
             stopped.append(run_dir.name)
     return stopped
+
+
+def planned_jobs(sweep_dir: Path) -> list[tuple[str, ...]] | None:
+    """The jobs a sweep's command plans, each as the overrides that tell it apart ("key=value"), read from the
+    multirun.yaml Hydra saved in the sweep's directory, as Hydra's basic sweeper lists them (the sweeper's params,
+    then the command line's, the later of a key winning). None where that cannot be told: no such file, another
+    sweeper (Optuna's trials are not known ahead), or a sweep that only the config can list (``glob``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:  # a file handed to us is data: read as plain YAML, parsed by Hydra's override grammar, nothing resolved
+        hydra = yaml.safe_load((Path(sweep_dir) / MULTIRUN_FILE).read_text())["hydra"]
+        if not str(hydra["sweeper"]["_target_"]).endswith(".BasicSweeper"):
+            return None
+        given = [f"{key}={value}" for key, value in (hydra["sweeper"].get("params") or {}).items()]
+        given += [str(override) for override in hydra["overrides"]["task"]]
+        swept: dict[str, list[str]] = {}
+        for override in OverridesParser.create().parse_overrides(given):
+            key = override.get_key_element()
+            swept.pop(key, None)
+            if override.is_sweep_override():
+                if not override.is_discrete_sweep():
+                    return None
+                swept[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+    except Exception:  # unreadable, or not what Hydra writes: not known
+        return None
+    return [tuple(job) for job in itertools.product(*swept.values())] if swept else None
+
+
+def unstarted_jobs(sweep_dir: Path) -> list[str] | None:
+    """The planned jobs of a sweep (``planned_jobs``) that have no run directory in it yet, e.g. "model.conv=separable,
+    seed=1" of a study stopped by its time limit before joblib started them; None where that cannot be told."""
+    planned = planned_jobs(sweep_dir)
+    if planned is None:
+        return None
+    started = []
+    for run_dir in find_run_dirs(sweep_dir):
+        try:
+            overrides = yaml.safe_load((run_dir / OVERRIDES_FILE).read_text())
+        except (OSError, yaml.YAMLError):
+            return None  # a run whose job is unknown: which planned ones it stands for cannot be told
+        if not isinstance(overrides, list):
+            return None
+        started.append({str(override) for override in overrides})
+    return [",".join(job) for job in planned if not any(set(job) <= overrides for overrides in started)]
 
 
 def last_checkpoint(run_dir: Path) -> Path:

@@ -27,7 +27,7 @@ def main() -> None:
         raise SystemExit(f"error: {err}") from None
     print((out / "report.md").read_text())
     summary = json.loads((out / "summary.json").read_text())
-    print(f"\n{summary['complete']} of {len(summary['runs'])} runs complete. Report written to {out}")
+    print(f"\n{summary['completion']}. Report written to {out}")
 
 
 if __name__ == "__main__":

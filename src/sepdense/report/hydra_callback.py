@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from sepdense.report.build import write_report
 from sepdense.report.headline import run_summary
-from sepdense.runs import REPORT_DIR, failed_runs, stopped_runs
+from sepdense.runs import REPORT_DIR, failed_runs, stopped_runs, unstarted_jobs
 from sepdense.stopping import INVOCATION_ENV, TIME_LIMIT_EXIT, continue_command, share_start_with_workers
 from sepdense.tracking import log_report
 
@@ -45,7 +45,7 @@ class ReportCallback(Callback):
                   f"same command runs them again, except those whose loss diverged (add retry_failed=true).",
                   file=sys.stderr)  # fmt: skip
         # A parallel sweep's jobs that the time limit stopped returned (each saved its step); here it ends the command.
-        unfinished = stopped_runs(root) if config.get("time_limit") else []
+        unfinished = [*stopped_runs(root), *(unstarted_jobs(root) or [])] if config.get("time_limit") else []
         if unfinished:
             print(f"error: Time limit time_limit={config.time_limit} reached: {len(unfinished)} run(s) not finished "
                   f"({', '.join(unfinished)}); those that were running saved where they stopped. Continue with: "
@@ -76,5 +76,5 @@ def sweep_summary(root: Path) -> str:
     the sweep and its report are; read from the report's summary.json."""
     summary = json.loads((root / REPORT_DIR / "summary.json").read_text())
     runs = summary["runs"]
-    return (f"\n[sepdense] sweep: {summary['complete']} of {len(runs)} runs complete\n{run_summary(runs)}"
+    return (f"\n[sepdense] sweep: {summary['completion']}\n{run_summary(runs)}"
             f"sweep directory: {root}\nreport: {root / REPORT_DIR / 'report.md'}")  # fmt: skip

@@ -12,11 +12,13 @@ from sepdense.runs import (
     CONFUSION_FILE,
     ENVIRONMENT_FILE,
     METRICS_FILE,
+    MULTIRUN_FILE,
     OVERRIDES_FILE,
     PREDICTIONS_FILE,
     TENSORBOARD_DIR,
     find_run_dirs,
     load_run,
+    unstarted_jobs,
 )
 
 # What a published run keeps: its config, results and curves (TensorBoard events); never checkpoints or logs.
@@ -30,6 +32,7 @@ def publish(sweep: Path, destination: Path) -> list[Path]:
     if not runs:
         raise FileNotFoundError(f"{sweep} holds no runs (no .hydra/config.yaml below it).")
     unfinished = [f"{r.name} ({r.status})" for r in runs if not r.complete]
+    unfinished += [f"{job} (not started)" for job in unstarted_jobs(sweep) or []]
     if unfinished:
         raise ValueError(f"not every run is complete, so nothing was published: {'; '.join(unfinished)}.")
     if destination.exists() and find_run_dirs(destination):
@@ -50,4 +53,6 @@ def publish(sweep: Path, destination: Path) -> list[Path]:
             copied.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(events, copied)
         published.append(target)
+    if (sweep / MULTIRUN_FILE).is_file():  # the sweep's command and plan: its report counts the planned jobs
+        shutil.copyfile(sweep / MULTIRUN_FILE, destination / MULTIRUN_FILE)
     return published
