@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 
 PLACES = ("train_batch", "validation", "after_checkpoint", "test")
@@ -20,14 +21,26 @@ PLACES = ("train_batch", "validation", "after_checkpoint", "test")
 class KillAt(pl.Callback):
     """Sends ``signal`` to this process at ``place``: after training step ``step`` (train_batch), during the
     validation of the epoch after that step (validation), at the start of the epoch after the step's
-    epoch, right after its checkpoint was written (after_checkpoint), or at the first test batch (test)."""
+    epoch, right after its checkpoint was written (after_checkpoint), or at the first test batch (test).
 
-    def __init__(self, place: str, step: int = 1, signal: str = "SIGKILL") -> None:
-        assert place in PLACES, place
-        self.place, self.step, self.signum = place, step, getattr(signal_module, signal)
+    ``to``: ``parent`` sends it to the process that started this one instead (a parallel sweep's command, as
+    ``kill <pid>`` or ``timeout`` would), ``group`` to this process's whole group (Ctrl-C in a terminal). ``only``:
+    an override (``seed=1``) of the one sweep job that sends it; the others never do."""
+
+    def __init__(self, place: str, step: int = 1, signal: str = "SIGKILL", to: str = "self",
+                 only: str | None = None) -> None:  # fmt: skip
+        assert place in PLACES and to in ("self", "parent", "group"), (place, to)
+        self.place, self.step, self.signum, self.to = place, step, getattr(signal_module, signal), to
+        self.only, self.sent = only, False
 
     def _kill(self) -> None:
-        os.kill(os.getpid(), self.signum)
+        if self.sent or (self.only and self.only not in HydraConfig.get().overrides.task):
+            return
+        self.sent = True
+        if self.to == "group":
+            os.killpg(os.getpgid(0), self.signum)
+        else:
+            os.kill(os.getppid() if self.to == "parent" else os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.place == "train_batch" and trainer.global_step == self.step:

@@ -6,6 +6,9 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,59 @@ def test_a_parallel_sweep_at_its_time_limit_saves_every_job_where_it_stopped(tmp
         assert "SIGTERM: saved epoch" in (job / "train.log").read_text(), job.name  # its very step, not an epoch's
         steps[job.name.split("seed=")[1][0]] = load_checkpoint(job / "checkpoints" / "last.ckpt")["global_step"]
     assert 0 < steps["0"] < steps["1"] < 100 * 4, steps  # seed 1 trained on after seed 0 had stopped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("to, name", [("parent", "SIGTERM"), ("group", "SIGINT")])
+def test_a_parallel_sweep_stopped_by_a_signal_saves_every_running_job_and_starts_no_other(
+    tmp_path: Path, to: str, name: str
+) -> None:
+    """Two workers, three jobs. SIGTERM to the command alone (``kill <pid>``, ``timeout``) once left both workers
+    training with nobody waiting for them; Ctrl-C (SIGINT to the whole group) let joblib end one of them unsaved,
+    with a traceback. Now each running job saves its step, the third does not start, and the command exits with
+    128 + the signal's number and one line; nothing of it is left running."""
+    sweep = ["train.py", "-m", *SMOKE, "hydra/launcher=local_parallel", "seed=0,1,2", "trainer.max_epochs=100"]
+    kill = ["+callbacks.kill._target_=kill_at.KillAt", "+callbacks.kill.place=train_batch", "+callbacks.kill.step=6",
+            f"+callbacks.kill.signal={name}", f"+callbacks.kill.to={to}", "+callbacks.kill.only='seed=1'"]  # fmt: skip
+    env = {**os.environ, **WITH_KILL_AT}
+    # Its own process group, as a command typed in a terminal has (Ctrl-C reaches that group, not pytest).
+    cut = subprocess.run([sys.executable, *sweep, *kill, f"paths.log_dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env=env, start_new_session=True)  # fmt: skip
+    assert cut.returncode == 128 + getattr(signal, name), cut.stderr[-3000:]
+    assert "Traceback" not in cut.stderr, cut.stderr[-3000:]
+    (line,) = [x for x in cut.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith(f"error: Stopped by {name}: 3 run(s) not finished (") and line.endswith("resume=true")
+    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    jobs = {p.name.split(",")[0]: p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()}
+    for seed in ("seed=0", "seed=1"):
+        saved = json.loads((jobs[seed] / "metrics.json").read_text())
+        assert saved["stopped_by"] == "signal" and saved["complete"] is False, seed
+        assert load_checkpoint(jobs[seed] / "checkpoints" / "last.ckpt")["global_step"] >= (
+            6 if seed == "seed=1" else 1
+        )
+        assert ": saved epoch" in (jobs[seed] / "train.log").read_text(), seed  # its step at the signal, not an epoch's
+    assert not (jobs["seed=2"] / "checkpoints").exists()  # not started: nothing trained
+    # Nothing left running: a worker still training would go on writing into the sweep's directory.
+    written = {p: p.stat().st_size for p in sweep_dir.rglob("*") if p.is_file()}
+    time.sleep(3)
+    assert {p: p.stat().st_size for p in sweep_dir.rglob("*") if p.is_file()} == written
+
+
+def test_a_worker_stopped_by_a_signal_starts_no_more_jobs_of_that_command_but_those_of_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """joblib reuses its workers for the next sweep from the same process (a notebook): a stop is remembered for
+    the command it stopped only (its sweep directory and the multirun.yaml that command saved there)."""
+    from sepdense import stopping
+
+    # installed: pytest's own signal handlers stay as they are; the handler is called directly.
+    monkeypatch.setattr(stopping, "_worker_stop", {"by": None, "command": None, "job": False, "installed": True})
+    stopping.watch_signals_in_worker("sweep@1")
+    stopping._on_worker_signal(signal.SIGTERM, None)  # between two jobs: remembered, nothing raised
+    stopping.watch_signals_in_worker("sweep@1")  # the same command's next job
+    assert stopping.worker_stop_requested() == "SIGTERM"
+    stopping.watch_signals_in_worker("sweep@2")  # resume=true saved multirun.yaml again: another command
+    assert stopping.worker_stop_requested() is None
+    with stopping.JobRunning(), pytest.raises(KeyboardInterrupt):  # Ctrl-C during a job stops it, as in a run
+        stopping._on_worker_signal(signal.SIGINT, None)
+    assert stopping.worker_stop_requested() == "SIGINT"

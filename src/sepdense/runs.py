@@ -117,9 +117,9 @@ def failed_runs(root: Path) -> list[tuple[str, str]]:
     return failed
 
 
-def stopped_runs(root: Path) -> list[str]:
-    """Names of the runs at or below ``root`` that the time limit stopped, or that never saved a record (not started
-    because the limit had passed, or killed); read from each metrics.json, as ``failed_runs`` is."""
+def stopped_runs(root: Path, by: tuple[str, ...] = ("time_limit", "signal")) -> list[str]:
+    """Names of the runs at or below ``root`` that the time limit or a signal stopped (``by``: which of the two), or
+    that never saved a record (not started, or killed); read from each metrics.json, as ``failed_runs`` is."""
     stopped = []
     for run_dir in find_run_dirs(root):
         try:
@@ -127,7 +127,7 @@ def stopped_runs(root: Path) -> list[str]:
         except (OSError, ValueError):
             stopped.append(run_dir.name)
             continue
-        if isinstance(record, dict) and not is_complete(record) and record.get("stopped_by") == "time_limit":
+        if isinstance(record, dict) and not is_complete(record) and record.get("stopped_by") in by:
             stopped.append(run_dir.name)
     return stopped
 

@@ -10,10 +10,13 @@ and the run directory's reader (``sepdense.runs``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -54,6 +57,104 @@ def in_worker_process() -> bool:
         return False
     launcher = str(HydraConfig.get().launcher.get("_target_", ""))
     return not launcher.endswith(".BasicLauncher")
+
+
+# A parallel sweep stopped by a signal. joblib, left to itself, ends its workers unsaved when the command gets
+# Ctrl-C, and leaves them training on when the command alone gets SIGTERM (kill, `timeout`). Instead the command
+# passes the signal on to its workers as SIGTERM and waits: each running job saves its step and returns its record,
+# the jobs not yet started are not started, and the sweep ends with one line and 128 + the signal's number.
+_SWEEP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_command_stop: dict[str, Any] = {"by": None, "previous": {}}
+# In a worker: the signal that stopped it (its later jobs of the same command do not start), that command, and
+# whether a job is running in it.
+_worker_stop: dict[str, Any] = {"by": None, "command": None, "job": False, "installed": False}
+
+
+def _child_pids() -> list[int]:
+    """This process's children (the sweep's workers and joblib's resource trackers, which ignore SIGTERM), from
+    /proc; none where there is no /proc (there the workers get Ctrl-C from the terminal, not a SIGTERM passed on)."""
+    me, children = str(os.getpid()), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after the command name: state, parent pid, ...
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[1] == me:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _signal_children(signum: int) -> None:
+    for pid in _child_pids():
+        with contextlib.suppress(OSError):  # ended meanwhile
+            os.kill(pid, signum)
+
+
+def _on_command_signal(signum: int, frame: Any) -> None:
+    name = signal.Signals(signum).name
+    if _command_stop["by"] is None:
+        _command_stop["by"] = name
+        print(f"[sepdense] {name}: each running job saves its step and stops, and no other job starts; the sweep "
+              f"then ends. Send it again to end at once, losing the steps not saved yet.", file=sys.stderr,
+              flush=True)  # fmt: skip
+        _signal_children(signal.SIGTERM)
+        return
+    _signal_children(signal.SIGKILL)
+    print(f"[sepdense] {name} again: ended at once; each job continues from its last saved checkpoint with "
+          f"resume=true.", file=sys.stderr, flush=True)  # fmt: skip
+    os._exit(128 + signum)
+
+
+def pass_signals_to_workers() -> None:
+    """In a parallel sweep's command, while its jobs run: Ctrl-C or SIGTERM stops the workers' jobs cleanly (see
+    ``_SWEEP_SIGNALS``), a second one ends everything at once. Undone by ``signals_received``."""
+    _command_stop["by"] = None
+    for signum in _SWEEP_SIGNALS:
+        _command_stop["previous"][signum] = signal.signal(signum, _on_command_signal)
+
+
+def signals_received() -> str | None:
+    """After a parallel sweep's jobs: restore the command's signal handlers; the signal that stopped it, if any."""
+    for signum, handler in _command_stop["previous"].items():
+        signal.signal(signum, handler)
+    _command_stop["previous"] = {}
+    return _command_stop["by"]
+
+
+def _on_worker_signal(signum: int, frame: Any) -> None:
+    _worker_stop["by"] = _worker_stop["by"] or signal.Signals(signum).name
+    if signum == signal.SIGINT and _worker_stop["job"]:
+        raise KeyboardInterrupt  # Ctrl-C stops the running job as in a single run (its step is saved)
+    # SIGTERM: Lightning's own handler, which calls this one too, stops the fit at the next batch boundary; one that
+    # came before the fit began stops it at its first batch (``worker_stop_requested``).
+
+
+def watch_signals_in_worker(command: str) -> None:
+    """In a worker of a parallel sweep, from its first job on: remember a SIGINT or SIGTERM, so that one that
+    reaches it between jobs, or before fitting, still stops its jobs. ``command`` tells the command whose job this
+    is: joblib reuses its workers for the next sweep run from the same process (a notebook), which starts anew."""
+    if _worker_stop["command"] != command:
+        _worker_stop["by"], _worker_stop["command"] = None, command
+    if not _worker_stop["installed"]:
+        with contextlib.suppress(ValueError):  # not the worker's main thread: its signals are not ours to handle
+            for signum in _SWEEP_SIGNALS:
+                signal.signal(signum, _on_worker_signal)
+        _worker_stop["installed"] = True
+
+
+def worker_stop_requested() -> str | None:
+    """The signal that stopped this worker of a parallel sweep (None: none, or not a worker)."""
+    return _worker_stop["by"]
+
+
+class JobRunning:
+    """``with JobRunning():`` around a worker's job: Ctrl-C then raises KeyboardInterrupt, as in a single run."""
+
+    def __enter__(self) -> None:
+        _worker_stop["job"] = True
+
+    def __exit__(self, *exc: object) -> None:
+        _worker_stop["job"] = False
 
 
 TIME_LIMIT_FORMAT = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2}):(\d{1,2})$")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import json
@@ -32,6 +33,7 @@ from sepdense.runs import (
     CONFIG_FILE,
     ENVIRONMENT_FILE,
     METRICS_FILE,
+    MULTIRUN_FILE,
     contents,
     has_results,
     is_run_dir,
@@ -48,6 +50,7 @@ from sepdense.stopping import (
     FAILURE,
     FAILURE_REPEATS,
     TIME_LIMIT_EXIT,
+    JobRunning,
     continue_command,
     failed,
     fit_ending,
@@ -56,6 +59,8 @@ from sepdense.stopping import (
     is_complete,
     is_multirun,
     time_left,
+    watch_signals_in_worker,
+    worker_stop_requested,
 )
 from sepdense.tracking import build_loggers, finish_tracking
 
@@ -195,17 +200,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # An earlier run's directory (resumed) has its environment.json; its log and config are kept whatever happens.
     resumed = (output_dir / ENVIRONMENT_FILE).exists()
     started: list[bool] = []
+    worker = in_worker_process()
+    if worker:
+        watch_signals_in_worker(sweep_command())
+        if worker_stop_requested():
+            log.warning("%s not started: %s stopped this sweep.", output_dir.name, worker_stop_requested())
+            return interrupted(0, cfg.trainer.max_epochs, "signal")
     try:
-        return _train(cfg, output_dir, started)
+        with JobRunning() if worker else contextlib.nullcontext():
+            return _train(cfg, output_dir, started)
     except Exception as err:
         error = find_user_error(err)
-        if isinstance(error, RunInterrupted) and error.exit_code == TIME_LIMIT_EXIT and in_worker_process():
-            # A job of a parallel sweep: the jobs beside it stop at the same deadline and save their steps too,
-            # which they could not if this raised (joblib would end them at once). The sweep's end says how to
-            # continue, and exits with 124.
+        if isinstance(error, RunInterrupted) and worker:
+            # A job of a parallel sweep stopped by the time limit or a signal: the jobs beside it stop too and save
+            # their steps, which they could not if this raised (joblib would end them at once). The sweep's end
+            # says how to continue, and exits with 124 (or 128 + the signal's number).
             log.warning("%s", error)
             saved = output_dir / METRICS_FILE
-            return json.loads(saved.read_text()) if saved.is_file() else {"complete": False, "stopped_by": "time_limit"}
+            by = "time_limit" if error.exit_code == TIME_LIMIT_EXIT else "signal"
+            return json.loads(saved.read_text()) if saved.is_file() else {"complete": False, "stopped_by": by}
         if error is None or isinstance(error, RunInterrupted):  # a stop on a signal or the time limit ends a sweep
             raise
         if is_multirun():
@@ -218,6 +231,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         elif not resumed:
             remove_run_without_results(output_dir, before)
         raise
+
+
+def sweep_command() -> str:
+    """Which command this sweep job belongs to: its sweep directory, and when that command (each resume=true too)
+    saved the sweep's multirun.yaml there, before starting any job."""
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    try:
+        return f"{sweep_dir.resolve()}@{(sweep_dir / MULTIRUN_FILE).stat().st_mtime_ns}"
+    except OSError:
+        return str(sweep_dir)
 
 
 def check_config(cfg: DictConfig) -> None:

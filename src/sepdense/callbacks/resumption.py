@@ -13,7 +13,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from sepdense.precision import scalars
-from sepdense.stopping import time_left
+from sepdense.stopping import time_left, worker_stop_requested
 
 log = logging.getLogger("sepdense")
 
@@ -32,6 +32,11 @@ class Interruption(pl.Callback):
         self.checkpoint = Path(checkpoint)
         self.signal: str | None = None
         self.saved: Path | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        # A worker of a parallel sweep signalled while its job was starting, before Lightning watched for SIGTERM.
+        if worker_stop_requested() and not trainer.received_sigterm:
+            raise SIGTERMException
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):

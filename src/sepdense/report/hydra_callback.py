@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,14 @@ from omegaconf import DictConfig
 from sepdense.report.build import write_report
 from sepdense.report.headline import run_summary
 from sepdense.runs import REPORT_DIR, failed_runs, stopped_runs, unstarted_jobs
-from sepdense.stopping import INVOCATION_ENV, TIME_LIMIT_EXIT, continue_command, share_start_with_workers
+from sepdense.stopping import (
+    INVOCATION_ENV,
+    TIME_LIMIT_EXIT,
+    continue_command,
+    pass_signals_to_workers,
+    share_start_with_workers,
+    signals_received,
+)
 from sepdense.tracking import log_report
 
 
@@ -31,9 +39,12 @@ class ReportCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         share_start_with_workers()  # a parallel sweep's jobs count the time limit from this command's start
+        if not str(config.hydra.launcher.get("_target_", "")).endswith(".BasicLauncher"):
+            pass_signals_to_workers()  # Ctrl-C or SIGTERM: the workers' jobs save their steps, and the sweep ends
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         os.environ.pop(INVOCATION_ENV, None)  # the workers are gone; a later command from this process is its own
+        signalled = signals_received()
         root = Path(config.hydra.sweep.dir)
         if self._write(root):
             print(sweep_summary(root))
@@ -44,13 +55,22 @@ class ReportCallback(Callback):
             print(f"error: {len(failed)} job(s) of the sweep failed ({listed}); the others ran. A resume=true of the "
                   f"same command runs them again, except those whose loss diverged (add retry_failed=true).",
                   file=sys.stderr)  # fmt: skip
-        # A parallel sweep's jobs that the time limit stopped returned (each saved its step); here it ends the command.
-        unfinished = [*stopped_runs(root), *(unstarted_jobs(root) or [])] if config.get("time_limit") else []
+        # A parallel sweep's jobs that the time limit or a signal stopped returned (each saved its step); here it
+        # ends the command.
+        if signalled:
+            what, code = f"Stopped by {signalled}", 128 + signal.Signals[signalled].value
+        elif config.get("time_limit") and stopped_runs(root, by=("time_limit",)):
+            what, code = f"Time limit time_limit={config.time_limit} reached", TIME_LIMIT_EXIT
+        elif stopped_runs(root, by=("signal",)):  # a signal sent to a worker, not to the command
+            what, code = "Stopped by a signal", 1
+        else:
+            what, code = None, 0
+        unfinished = [*stopped_runs(root), *(unstarted_jobs(root) or [])] if what else []
         if unfinished:
-            print(f"error: Time limit time_limit={config.time_limit} reached: {len(unfinished)} run(s) not finished "
-                  f"({', '.join(unfinished)}); those that were running saved where they stopped. Continue with: "
-                  f"{continue_command(sweep=True)}", file=sys.stderr)  # fmt: skip
-            raise SystemExit(TIME_LIMIT_EXIT)
+            print(f"error: {what}: {len(unfinished)} run(s) not finished ({', '.join(unfinished)}); those that were "
+                  f"running saved where they stopped. Continue with: {continue_command(sweep=True)}",
+                  file=sys.stderr)  # fmt: skip
+            raise SystemExit(code)
         if failed:
             raise SystemExit(1)
 
