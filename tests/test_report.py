@@ -267,8 +267,16 @@ def test_a_sweep_stopped_before_some_jobs_started_counts_and_names_them(
     assert planned_jobs(sweep) is None
     save_sweep_plan(sweep, {}, ["model=glob(*)"])
     assert planned_jobs(sweep) is None
+    save_sweep_plan(sweep, {}, ["a=range(0,300)", "b=range(0,300)", "c=range(0,1000000000)"])
+    assert planned_jobs(sweep) is None  # a few bytes asking for millions of jobs: not listed
     save_sweep_plan(sweep, {"seed": "0,1,2,3,4,5"}, [])
     assert unstarted_jobs(sweep) == ["seed=4", "seed=5"]
+    (tmp_path / "elsewhere.yaml").write_text((sweep / "multirun.yaml").read_text())
+    (sweep / "multirun.yaml").unlink()
+    (sweep / "multirun.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    assert planned_jobs(sweep) is None  # a link is not followed
+    (sweep / "multirun.yaml").unlink()
+    (sweep / "multirun.yaml").write_text((tmp_path / "elsewhere.yaml").read_text())
     (sweep / "standard_s0" / OVERRIDES_FILE).unlink()
     assert unstarted_jobs(sweep) is None
     assert "**6 of 8 runs complete.**" in (write_report(sweep) / "report.md").read_text()

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from sepdense.checkpoints import load_checkpoint
 from sepdense.report.build import write_report
+from sepdense.runs import stopped_runs
 from sepdense.stopping import TIME_LIMIT_EXIT
 
 # The smoke_sweep fixture's command (conftest.py): the uninterrupted sweep to come back to.
@@ -220,6 +221,37 @@ def test_a_parallel_sweep_stopped_by_a_signal_saves_every_running_job_and_starts
     written = {p: p.stat().st_size for p in sweep_dir.rglob("*") if p.is_file()}
     time.sleep(3)
     assert {p: p.stat().st_size for p in sweep_dir.rglob("*") if p.is_file()} == written
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_signalled_while_a_job_is_testing_ends_as_stopped_not_as_a_success(tmp_path: Path) -> None:
+    """Lightning ends a test on SIGTERM by exiting (SystemExit, code None): raised in a worker, joblib ended the
+    other job unsaved and the command exited 0 without a report. Now the job is recorded as stopped (its test is
+    run again on resume) and the sweep ends as stopped by SIGTERM."""
+    sweep = ["train.py", "-m", *SMOKE, "hydra/launcher=local_parallel", "seed=0,1", "data.eval_batch_size=64"]
+    kill = ["+callbacks.kill._target_=kill_at.KillAt", "+callbacks.kill.place=test", "+callbacks.kill.signal=SIGTERM",
+            "+callbacks.kill.to=parent", "+callbacks.kill.only='seed=1'"]  # fmt: skip
+    cut = run_entry(*sweep, *kill, log_dir=tmp_path, check=False, env=WITH_KILL_AT)
+    assert cut.returncode == 128 + signal.SIGTERM and "Traceback" not in cut.stderr, cut.stderr[-3000:]
+    (line,) = [x for x in cut.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: Stopped by SIGTERM: ") and "seed=1" in line
+    (sweep_dir,) = (tmp_path / "train" / "multiruns").iterdir()
+    (tested,) = [p for p in sweep_dir.iterdir() if p.name.startswith("seed=1")]
+    assert "stopped by SIGTERM outside training" in (tested / "train.log").read_text()
+    assert "1 run(s) not finished" in line or "2 run(s) not finished" in line  # seed 0 may have finished first
+    assert (sweep_dir / "report" / "report.md").is_file()
+
+
+def test_runs_stopped_by_a_signal_are_told_from_runs_that_left_no_record(tmp_path: Path) -> None:
+    for name, record in (("signalled", {"complete": False, "stopped_by": "signal"}),
+                         ("limited", {"complete": False, "stopped_by": "time_limit"}),
+                         ("done", {"complete": True, "stopped_by": "max_epochs"}), ("killed", None)):  # fmt: skip
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("seed: 0\n")
+        if record is not None:
+            (tmp_path / name / "metrics.json").write_text(json.dumps(record))
+    assert sorted(stopped_runs(tmp_path)) == ["killed", "limited", "signalled"]
+    assert stopped_runs(tmp_path, by=("signal",), unrecorded=False) == ["signalled"]
 
 
 def test_a_worker_stopped_by_a_signal_starts_no_more_jobs_of_that_command_but_those_of_the_next(

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,45 +118,71 @@ def failed_runs(root: Path) -> list[tuple[str, str]]:
     return failed
 
 
-def stopped_runs(root: Path, by: tuple[str, ...] = ("time_limit", "signal")) -> list[str]:
-    """Names of the runs at or below ``root`` that the time limit or a signal stopped (``by``: which of the two), or
-    that never saved a record (not started, or killed); read from each metrics.json, as ``failed_runs`` is."""
+def stopped_runs(root: Path, by: tuple[str, ...] = ("time_limit", "signal"), unrecorded: bool = True) -> list[str]:
+    """Names of the runs at or below ``root`` that the time limit or a signal stopped (``by``: which of the two), and
+    (``unrecorded``) those that never saved a record (not started, or killed); read from each metrics.json, as
+    ``failed_runs`` is."""
     stopped = []
     for run_dir in find_run_dirs(root):
         try:
             record = json.loads((run_dir / METRICS_FILE).read_text())
         except (OSError, ValueError):
-            stopped.append(run_dir.name)
+            if unrecorded:
+                stopped.append(run_dir.name)
             continue
         if isinstance(record, dict) and not is_complete(record) and record.get("stopped_by") in by:
             stopped.append(run_dir.name)
     return stopped
 
 
+# More planned jobs than this (a sweep over ranges) are not listed: the report cannot name them usefully, and a few
+# bytes of multirun.yaml could otherwise ask for millions.
+MAX_PLANNED_JOBS = 10_000
+
+
+def sweep_plan(sweep_dir: Path) -> dict[str, Any] | None:
+    """What of a sweep's multirun.yaml says which jobs it plans (``hydra.sweeper`` and the command line's
+    ``hydra.overrides.task``), or None where there is none to read: no such file, a link, not what Hydra writes."""
+    path = Path(sweep_dir) / MULTIRUN_FILE
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:  # a file handed to us is data: read as plain YAML, nothing resolved
+        hydra = yaml.safe_load(path.read_text())["hydra"]
+        sweeper, task = hydra["sweeper"], hydra["overrides"]["task"]
+        plan = {"_target_": str(sweeper["_target_"]), "params": dict(sweeper.get("params") or {})}
+        return {"hydra": {"sweeper": plan, "overrides": {"task": [str(override) for override in task]}}}
+    except Exception:
+        return None
+
+
 def planned_jobs(sweep_dir: Path) -> list[tuple[str, ...]] | None:
     """The jobs a sweep's command plans, each as the overrides that tell it apart ("key=value"), read from the
     multirun.yaml Hydra saved in the sweep's directory, as Hydra's basic sweeper lists them (the sweeper's params,
-    then the command line's, the later of a key winning). None where that cannot be told: no such file, another
-    sweeper (Optuna's trials are not known ahead), or a sweep that only the config can list (``glob``)."""
+    then the command line's, the later of a key winning). None where that cannot be told: no plan (``sweep_plan``),
+    another sweeper (Optuna's trials are not known ahead), a sweep that only the config can list (``glob``), or
+    more than ``MAX_PLANNED_JOBS``."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    try:  # a file handed to us is data: read as plain YAML, parsed by Hydra's override grammar, nothing resolved
-        hydra = yaml.safe_load((Path(sweep_dir) / MULTIRUN_FILE).read_text())["hydra"]
-        if not str(hydra["sweeper"]["_target_"]).endswith(".BasicSweeper"):
-            return None
-        given = [f"{key}={value}" for key, value in (hydra["sweeper"].get("params") or {}).items()]
-        given += [str(override) for override in hydra["overrides"]["task"]]
-        swept: dict[str, list[str]] = {}
+    plan = sweep_plan(sweep_dir)
+    if plan is None or not plan["hydra"]["sweeper"]["_target_"].endswith(".BasicSweeper"):
+        return None
+    given = [f"{key}={value}" for key, value in plan["hydra"]["sweeper"]["params"].items()]
+    given += plan["hydra"]["overrides"]["task"]
+    swept: dict[str, list[str]] = {}
+    try:  # parsed by Hydra's override grammar (values and sweeps, no code)
         for override in OverridesParser.create().parse_overrides(given):
             key = override.get_key_element()
             swept.pop(key, None)
             if override.is_sweep_override():
                 if not override.is_discrete_sweep():
                     return None
-                swept[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
-    except Exception:  # unreadable, or not what Hydra writes: not known
+                values = list(itertools.islice(override.sweep_string_iterator(), MAX_PLANNED_JOBS + 1))
+                swept[key] = [f"{key}={value}" for value in values]
+    except Exception:  # not what Hydra's grammar reads: not known
         return None
-    return [tuple(job) for job in itertools.product(*swept.values())] if swept else None
+    if not swept or math.prod(len(values) for values in swept.values()) > MAX_PLANNED_JOBS:
+        return None
+    return [tuple(job) for job in itertools.product(*swept.values())]
 
 
 def unstarted_jobs(sweep_dir: Path) -> list[str] | None:

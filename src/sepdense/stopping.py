@@ -53,7 +53,7 @@ def share_start_with_workers() -> None:
 def in_worker_process() -> bool:
     """Whether this process is a job of a parallel sweep, in a worker its command started: a multirun whose launcher
     runs jobs outside the command's process (not Hydra's basic one), and whose command shared its start with it."""
-    if not is_multirun() or os.environ.get(INVOCATION_ENV, "").partition(":")[0] != str(os.getppid()):
+    if not is_multirun() or not _in_sweep_worker():
         return False
     launcher = str(HydraConfig.get().launcher.get("_target_", ""))
     return not launcher.endswith(".BasicLauncher")
@@ -92,6 +92,9 @@ def _signal_children(signum: int) -> None:
 
 def _on_command_signal(signum: int, frame: Any) -> None:
     name = signal.Signals(signum).name
+    if _command_stop["by"] is None and not _child_pids():  # joblib has not started its workers: nothing to save
+        print(f"[sepdense] {name} before any job started: nothing was trained.", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
     if _command_stop["by"] is None:
         _command_stop["by"] = name
         print(f"[sepdense] {name}: each running job saves its step and stops, and no other job starts; the sweep "
@@ -106,11 +109,12 @@ def _on_command_signal(signum: int, frame: Any) -> None:
 
 
 def pass_signals_to_workers() -> None:
-    """In a parallel sweep's command, while its jobs run: Ctrl-C or SIGTERM stops the workers' jobs cleanly (see
-    ``_SWEEP_SIGNALS``), a second one ends everything at once. Undone by ``signals_received``."""
+    """In a parallel sweep's command (joblib's workers), while its jobs run: Ctrl-C or SIGTERM stops the workers'
+    jobs cleanly (see ``_SWEEP_SIGNALS``), a second one ends everything at once. Undone by ``signals_received``."""
     _command_stop["by"] = None
-    for signum in _SWEEP_SIGNALS:
-        _command_stop["previous"][signum] = signal.signal(signum, _on_command_signal)
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding application): left as they are
+        for signum in _SWEEP_SIGNALS:
+            _command_stop["previous"][signum] = signal.signal(signum, _on_command_signal)
 
 
 def signals_received() -> str | None:
@@ -118,7 +122,13 @@ def signals_received() -> str | None:
     for signum, handler in _command_stop["previous"].items():
         signal.signal(signum, handler)
     _command_stop["previous"] = {}
-    return _command_stop["by"]
+    by, _command_stop["by"] = _command_stop["by"], None
+    return by
+
+
+def _in_sweep_worker() -> bool:
+    """Whether this process is a worker that a parallel sweep's command started (see ``INVOCATION_ENV``)."""
+    return os.environ.get(INVOCATION_ENV, "").partition(":")[0] == str(os.getppid())
 
 
 def _on_worker_signal(signum: int, frame: Any) -> None:
@@ -133,13 +143,24 @@ def watch_signals_in_worker(command: str) -> None:
     """In a worker of a parallel sweep, from its first job on: remember a SIGINT or SIGTERM, so that one that
     reaches it between jobs, or before fitting, still stops its jobs. ``command`` tells the command whose job this
     is: joblib reuses its workers for the next sweep run from the same process (a notebook), which starts anew."""
-    if _worker_stop["command"] != command:
-        _worker_stop["by"], _worker_stop["command"] = None, command
+    if _worker_stop["command"] not in (None, command):
+        _worker_stop["by"] = None
+    _worker_stop["command"] = command
+    _watch_worker_signals()
+
+
+def _watch_worker_signals() -> None:
     if not _worker_stop["installed"]:
         with contextlib.suppress(ValueError):  # not the worker's main thread: its signals are not ours to handle
             for signum in _SWEEP_SIGNALS:
                 signal.signal(signum, _on_worker_signal)
         _worker_stop["installed"] = True
+
+
+# A worker imports this module with its first job, seconds before that job starts: from then on a signal passed on
+# by the command is remembered, not the end of the worker (which joblib would report as a crash, with no report).
+if _in_sweep_worker():
+    _watch_worker_signals()
 
 
 def worker_stop_requested() -> str | None:

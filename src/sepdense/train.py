@@ -203,12 +203,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     worker = in_worker_process()
     if worker:
         watch_signals_in_worker(sweep_command())
-        if worker_stop_requested():
+        left = time_left(cfg.get("time_limit"))  # past the time limit, the job says so itself (in _train)
+        if worker_stop_requested() and (left is None or left > 0):
             log.warning("%s not started: %s stopped this sweep.", output_dir.name, worker_stop_requested())
             return interrupted(0, cfg.trainer.max_epochs, "signal")
     try:
         with JobRunning() if worker else contextlib.nullcontext():
             return _train(cfg, output_dir, started)
+    except (KeyboardInterrupt, SystemExit):
+        if worker and worker_stop_requested():
+            # Stopped outside fitting (while starting, or testing: Lightning ends a test on a signal by exiting),
+            # where nothing is saved: the job continues from its last checkpoint. Raised, joblib would end the
+            # jobs beside it before they saved their steps.
+            log.warning("%s stopped by %s outside training; resume=true continues it from its last checkpoint.",
+                        output_dir.name, worker_stop_requested())  # fmt: skip
+            return {"complete": False, "stopped_by": "signal"}
+        raise
     except Exception as err:
         error = find_user_error(err)
         if isinstance(error, RunInterrupted) and worker:

@@ -33,10 +33,12 @@ class Interruption(pl.Callback):
         self.signal: str | None = None
         self.saved: Path | None = None
 
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        # A worker of a parallel sweep signalled while its job was starting, before Lightning watched for SIGTERM.
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        # A worker of a parallel sweep signalled while its job was starting, before Lightning watched for SIGTERM:
+        # stopped through Lightning's own handling, at the end of the first batch with the loop's counters up to date
+        # (a stop raised here would save the fetched batch as not yet trained, and skip it on resume).
         if worker_stop_requested() and not trainer.received_sigterm:
-            raise SIGTERMException
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):

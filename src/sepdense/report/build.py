@@ -171,7 +171,8 @@ def write_report(root: Path) -> Path:
         raise FileNotFoundError(f"{root} is not a directory; give a run or sweep directory (e.g. logs/train/...).")
     out = output_folder(root)
     runs = [load_run(p, root) for p in find_run_dirs(root)]
-    not_started = unstarted_jobs(root) or []  # a sweep's jobs that its time limit (or a kill) came before
+    planned_missing = unstarted_jobs(root)  # a sweep's jobs that its time limit (or a kill) came before
+    not_started = planned_missing or []
     check_conv_types(runs)
     for run in runs:
         settle_costs(run)
@@ -201,7 +202,7 @@ def write_report(root: Path) -> Path:
     write_json(out / "summary.json", {
         "runs": run_rows,
         "complete": sum(r.complete for r in runs),
-        "not_started": not_started,
+        "not_started": planned_missing,  # None: the sweep's plan is not known (no multirun.yaml, Optuna)
         "completion": completion(runs, not_started),
         "differing_settings": differ,
         "headline": headline,

@@ -39,7 +39,7 @@ class ReportCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         share_start_with_workers()  # a parallel sweep's jobs count the time limit from this command's start
-        if not str(config.hydra.launcher.get("_target_", "")).endswith(".BasicLauncher"):
+        if str(config.hydra.launcher.get("_target_", "")).endswith(".JoblibLauncher"):
             pass_signals_to_workers()  # Ctrl-C or SIGTERM: the workers' jobs save their steps, and the sweep ends
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -61,7 +61,7 @@ class ReportCallback(Callback):
             what, code = f"Stopped by {signalled}", 128 + signal.Signals[signalled].value
         elif config.get("time_limit") and stopped_runs(root, by=("time_limit",)):
             what, code = f"Time limit time_limit={config.time_limit} reached", TIME_LIMIT_EXIT
-        elif stopped_runs(root, by=("signal",)):  # a signal sent to a worker, not to the command
+        elif stopped_runs(root, by=("signal",), unrecorded=False):  # a signal sent to a worker, not the command
             what, code = "Stopped by a signal", 1
         else:
             what, code = None, 0

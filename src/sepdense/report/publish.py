@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import yaml
+
 from sepdense.models import CONV_TYPES
 from sepdense.runs import (
     CONFIG_FILE,
@@ -18,6 +20,7 @@ from sepdense.runs import (
     TENSORBOARD_DIR,
     find_run_dirs,
     load_run,
+    sweep_plan,
     unstarted_jobs,
 )
 
@@ -53,6 +56,7 @@ def publish(sweep: Path, destination: Path) -> list[Path]:
             copied.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(events, copied)
         published.append(target)
-    if (sweep / MULTIRUN_FILE).is_file():  # the sweep's command and plan: its report counts the planned jobs
-        shutil.copyfile(sweep / MULTIRUN_FILE, destination / MULTIRUN_FILE)
+    plan = sweep_plan(sweep)
+    if plan is not None:  # the sweep's plan (not its whole multirun.yaml): the published report counts its jobs
+        (destination / MULTIRUN_FILE).write_text(yaml.safe_dump(plan, sort_keys=False))
     return published
